@@ -1,0 +1,160 @@
+"""Time the fusion metrics on one 640x480 triplet: each metric and all of them, ours (PyTorch) and, when SciPy is
+installed, a straightforward NumPy/SciPy implementation of the same formulas (the evaluator's way: 2-D direct
+convolutions, `uniform_filter`, `np.gradient`), which also cross-checks the values.
+
+    OMP_NUM_THREADS=1 python bench/bench_metrics.py            # markdown table
+    python bench/bench_metrics.py --json                       # one JSON object
+"""
+from __future__ import annotations
+import argparse, json, math, os, platform, statistics, time
+
+import numpy as np
+import torch
+
+from sfofusion.core import load_gray255
+from sfofusion.metrics import METRICS, compute_metrics, reference_dir
+
+
+def load_triplet(h: int=480, w: int=640):
+    "The first reference MSRS triplet (average fusion) if ../shared is present, else a synthetic integer one."
+    ref = reference_dir()
+    if ref is not None:
+        spec = json.loads((ref/'metrics'/'average_MSRS.json').read_text())
+        name = next(iter(spec['per_image']))
+        src = ref.parent/spec['source']
+        return f"MSRS {name}", [load_gray255(p) for p in (ref.parent/spec['fused']/name, src/'ir'/name, src/'vi'/name)]
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')
+    ir = 60 + 150 * torch.exp(-((yy - h / 2) ** 2 + (xx - w / 3) ** 2) / (2 * (h / 6) ** 2)) + 8 * torch.randn(h, w, generator=g)
+    vis = 120 + 70 * torch.sin(xx / 9.) * torch.cos(yy / 13.) + 12 * torch.randn(h, w, generator=g)
+    ir, vis = ir.clamp(0, 255).round()[None, None], vis.clamp(0, 255).round()[None, None]
+    return "synthetic", [((ir + vis) / 2).round(), ir, vis]
+
+
+def numpy_metrics(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
+    "The same formulas in plain NumPy/SciPy on (H, W) float32 grey levels (the evaluator's style), one function per metric."
+    from scipy.signal import convolve2d
+    from scipy.ndimage import uniform_filter
+
+    def en(x):
+        p = np.bincount(np.round(x).astype(np.uint8).ravel(), minlength=256) / x.size
+        return -np.sum(p[p > 0] * np.log2(p[p > 0]))
+    def sf(x): return np.sqrt(np.mean(np.diff(x, axis=1) ** 2) + np.mean(np.diff(x, axis=0) ** 2))
+    def ag(x):
+        gy, gx = np.gradient(x)
+        return np.mean(np.sqrt((gx ** 2 + gy ** 2) / 2))
+    def mi(x, y):
+        j = np.bincount((x.astype(np.int64) * 256 + y.astype(np.int64)).ravel(), minlength=65536).reshape(256, 256) / x.size
+        px, py = j.sum(1, keepdims=True), j.sum(0, keepdims=True)
+        nz = j > 0
+        return max(np.sum(j[nz] * np.log(j[nz] / (px @ py)[nz])), 0.)
+    def corr(x, y):
+        x, y = x - x.mean(), y - y.mean()
+        return np.sum(x * y) / np.sqrt(np.sum(x * x) * np.sum(y * y))
+    def vif(ref, dist):
+        num = den = 0.
+        for scale, n in enumerate((17, 9, 5, 3)):
+            r = np.arange(n) - (n - 1) / 2
+            win = np.exp(-(r[:, None] ** 2 + r[None] ** 2) / (2 * (n / 5) ** 2)); win /= win.sum()
+            if scale:
+                ref, dist = convolve2d(ref, win, 'valid')[::2, ::2], convolve2d(dist, win, 'valid')[::2, ::2]
+            mu1, mu2 = convolve2d(ref, win, 'valid'), convolve2d(dist, win, 'valid')
+            s1 = np.maximum(convolve2d(ref * ref, win, 'valid') - mu1 ** 2, 0)
+            s2 = np.maximum(convolve2d(dist * dist, win, 'valid') - mu2 ** 2, 0)
+            s12 = convolve2d(ref * dist, win, 'valid') - mu1 * mu2
+            g = s12 / (s1 + 1e-10); sv = s2 - g * s12
+            fr, fd = s1 < 1e-10, s2 < 1e-10
+            g[fr | fd] = 0; sv[fr] = s2[fr]; sv[fd] = 0; s1[fr] = 0
+            sv[g < 0] = s2[g < 0]; g[g < 0] = 0; sv = np.maximum(sv, 1e-10)
+            num += np.sum(np.log10(1 + g * g * s1 / (sv + 2))); den += np.sum(np.log10(1 + s1 / 2))
+        return 1. if den == 0 and num == 0 else num / den
+    def qabf(f, a, b):
+        kx = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
+        ky = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], np.float32)
+        def grad(x):
+            sx, sy = convolve2d(x, kx, 'same'), convolve2d(x, ky, 'same')
+            with np.errstate(divide='ignore', invalid='ignore'):
+                return np.sqrt(sx * sx + sy * sy), np.where(sx == 0, np.pi / 2, np.arctan(sy / sx))
+        def q(ga, aa, gf, af):
+            with np.errstate(divide='ignore', invalid='ignore'):
+                G = np.where(ga == gf, gf, np.minimum(ga, gf) / np.maximum(ga, gf))
+            A = 1 - np.abs(aa - af) / (np.pi / 2)
+            return 0.9994 / (1 + np.exp(-15 * (G - 0.5))) * 0.9879 / (1 + np.exp(-22 * (A - 0.8)))
+        (ga, aa), (gb, ab), (gf, af) = grad(a), grad(b), grad(f)
+        return np.sum(q(ga, aa, gf, af) * ga + q(gb, ab, gf, af) * gb) / np.sum(ga + gb)
+    def ssim(x, y, dr):
+        ux, uy = uniform_filter(x, 7), uniform_filter(y, 7)
+        vx = 49 / 48 * (uniform_filter(x * x, 7) - ux * ux); vy = 49 / 48 * (uniform_filter(y * y, 7) - uy * uy)
+        vxy = 49 / 48 * (uniform_filter(x * y, 7) - ux * uy)
+        c1, c2 = (0.01 * dr) ** 2, (0.03 * dr) ** 2
+        s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
+        return s[3:-3, 3:-3].mean(dtype=np.float64)
+    def mse(): return (np.mean((f - a) ** 2) + np.mean((f - b) ** 2)) / 2
+    return dict(
+        EN=lambda: en(f), SD=lambda: np.std(f), SF=lambda: sf(f), AG=lambda: ag(f), MI=lambda: mi(f, a) + mi(f, b),
+        SCD=lambda: corr(f - b, a) + corr(f - a, b), VIF=lambda: vif(a.astype(np.float64), f.astype(np.float64)) + vif(b.astype(np.float64), f.astype(np.float64)),
+        Qabf=lambda: qabf(f, a, b), SSIM=lambda: ssim(f, a, 2.) + ssim(f, b, 2.), SSIM_255=lambda: ssim(f, a, 255.) + ssim(f, b, 255.),
+        MSE=mse, CC=lambda: (corr(a, f) + corr(b, f)) / 2, PSNR=lambda: 10 * np.log10(f.max() ** 2 / mse()))
+
+
+def timeit(fn, repeat: int, warmup: int) -> float:
+    "Median wall time (s) of `repeat` calls after `warmup` calls."
+    for _ in range(warmup): fn()
+    ts = []
+    for _ in range(repeat):
+        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--json', action='store_true', help='print one JSON object instead of a markdown table')
+    p.add_argument('--repeat', type=int, default=7, help='timed calls per measurement (median reported)')
+    p.add_argument('--warmup', type=int, default=2, help='untimed calls before timing')
+    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
+    p.add_argument('--no-numpy', action='store_true', help='skip the NumPy/SciPy comparison')
+    args = p.parse_args(argv)
+    source, (f, a, b) = load_triplet()
+    f, a, b = (t.to(args.device) for t in (f, a, b))
+    sync = torch.cuda.synchronize if args.device.startswith('cuda') else (lambda: None)
+    def ours(ms): compute_metrics(f, a, b, ms); sync()
+    rows = {m: dict(ours_ms=1e3 * timeit(lambda: ours([m]), args.repeat, args.warmup)) for m in METRICS}
+    total = 1e3 * timeit(lambda: ours(None), args.repeat, args.warmup)
+    values = {k: v.item() for k, v in compute_metrics(f, a, b).items()}
+    np_total, max_dev = None, None
+    try:
+        import scipy  # noqa: F401
+        have_scipy = not args.no_numpy
+    except ImportError:
+        have_scipy = False
+    if have_scipy:
+        fn, an, bn = (t[0, 0].cpu().numpy() for t in (f, a, b))
+        fns = numpy_metrics(fn, an, bn)
+        np_total = 0.
+        max_dev = 0.
+        for m, fun in fns.items():
+            t = 1e3 * timeit(fun, max(3, args.repeat // 2), 1)
+            rows[m]['numpy_ms'] = t; np_total += t
+            v, o = float(fun()), values[m]
+            dev = 0. if (math.isnan(v) and math.isnan(o)) else abs(v - o) / max(abs(v), 0.1)
+            rows[m]['numpy_rel_dev'] = dev; max_dev = max(max_dev, dev)
+    out = dict(source=source, size=list(f.shape[-2:]), device=args.device, torch=torch.__version__,
+               threads=torch.get_num_threads(), omp_num_threads=os.environ.get('OMP_NUM_THREADS'),
+               cpu=platform.processor() or platform.machine(), repeat=args.repeat, per_metric=rows,
+               total_ms=total, numpy_total_ms=np_total, numpy_max_rel_dev=max_dev, values=values)
+    if args.json:
+        print(json.dumps(out)); return out
+    print(f"Metrics on one {f.shape[-1]}x{f.shape[-2]} triplet ({source}), {args.device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread(s); median of {args.repeat} after {args.warmup} warm-up calls.\n")
+    head = "| metric | ours (ms) |" + (" NumPy/SciPy (ms) | rel. difference |" if have_scipy else "")
+    print(head + "\n|---|---:|" + ("---:|---:|" if have_scipy else ""))
+    for m, r in rows.items():
+        extra = f" {r['numpy_ms']:.1f} | {r['numpy_rel_dev']:.1e} |" if have_scipy else ""
+        print(f"| {m} | {r['ours_ms']:.1f} |{extra}")
+    print(f"| **all (compute_metrics)** | **{total:.1f}** |" + (f" {np_total:.1f} (sum) | {max_dev:.1e} |" if have_scipy else ""))
+    print("\nPer-metric times include the input checks (~5 ms); `all` shares work between metrics (SSIM and SSIM_255, MSE and PSNR).")
+    return out
+
+
+if __name__ == '__main__':
+    main()

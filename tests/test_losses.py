@@ -1,0 +1,192 @@
+"Tests of sfofusion.losses: zero cases, known values, finite gradients, gradcheck, batch independence, errors."
+import kornia
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from sfofusion.core import FusionInputError
+from sfofusion.data import synthetic_pair
+from sfofusion.losses import (AMP_EPS, FusionLoss, LossConfig, frequency_loss, fusion_loss, gradient_loss,
+                              intensity_loss, log_amplitude, sobel_magnitude, ssim_loss)
+
+TERMS = dict(intensity=intensity_loss, gradient=gradient_loss, ssim=ssim_loss, frequency=frequency_loss)
+ALL_ON = LossConfig(intensity=1., gradient=10., ssim=1., frequency=0.5)
+
+
+def pair(b=2, h=24, w=28, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(b, 1, h, w, generator=g, dtype=dtype), torch.rand(b, 1, h, w, generator=g, dtype=dtype),
+            torch.rand(b, 1, h, w, generator=g, dtype=dtype))
+
+
+# ---------------------------------------------------------------- zero when expected, known values
+
+def test_zero_at_the_target():
+    f, ir, vis = pair()
+    assert intensity_loss(torch.maximum(ir, vis), ir, vis) == 0
+    w = torch.rand(2, 1, 24, 28)
+    assert intensity_loss(w * ir + (1 - w) * vis, ir, vis, w=w) == 0
+    for name, fn in TERMS.items():  # identical sources: the source itself is perfect for every term
+        assert fn(ir, ir, ir).abs() < 1e-5, name
+
+def test_gradient_zero_for_disjoint_details():
+    # IR: warm blob on the left; VIS: texture on the right; zero elsewhere, supports > 2 px apart (3x3 Sobel)
+    ir, vis = torch.zeros(3, 1, 32, 40), torch.zeros(3, 1, 32, 40)
+    ir[:, :, 5:20, 3:12] = torch.linspace(0.5, 1, 3)[:, None, None, None]
+    vis[:, :, 4:28, 22::3] = 0.4
+    vis[:, :, 10:12, 20:38] = 0.7
+    fused = ir + vis
+    assert gradient_loss(fused, ir, vis) == 0 and intensity_loss(fused, ir, vis) == 0
+    w = torch.rand(3, 1, 32, 40)  # the weighted gradient target differs where a source has texture
+    assert gradient_loss(fused, ir, vis, w=w) > 0
+    wmask = ((sobel_magnitude(ir) > 0) | (sobel_magnitude(vis) == 0)).float()  # IR share 1 at IR edges, 0 at VIS edges
+    assert gradient_loss(fused, ir, vis, w=wmask) == 0
+
+def test_known_values():
+    ir = torch.tensor([[[[0.2, 0.8], [0.1, 0.5]]]])
+    vis = torch.tensor([[[[0.6, 0.3], [0.1, 0.9]]]])
+    assert intensity_loss(torch.zeros_like(ir), ir, vis).item() == pytest.approx(0.6)
+    assert intensity_loss(torch.ones_like(ir), ir, vis).item() == pytest.approx(((1 - .6) + (1 - .8) + (1 - .1) + (1 - .9)) / 4)
+    step = torch.zeros(1, 1, 6, 10); step[..., 5:] = 1
+    assert sobel_magnitude(step)[0, 0].sum(1).tolist() == [1.] * 6  # per-pixel change: a unit step sums to 1 per row
+    ramp = torch.arange(10.).expand(1, 1, 6, 10) / 20
+    assert torch.allclose(sobel_magnitude(ramp)[..., 1:-1], torch.full((1, 1, 6, 8), 0.05))  # slope 0.05 per pixel
+    z = torch.zeros_like(step)
+    assert gradient_loss(z, step, z).item() == pytest.approx(0.1)
+    assert gradient_loss(step, step, z).item() == 0
+
+def test_ssim_and_frequency_properties():
+    f, ir, vis = pair(h=32, w=32)
+    assert ssim_loss(ir, ir, vis, ir_weight=1.).abs() < 1e-5 and ssim_loss(vis, ir, vis, ir_weight=0.).abs() < 1e-5
+    torch.testing.assert_close(ssim_loss(f, ir, vis), ssim_loss(f, vis, ir))
+    s = ssim_loss(f, ir, vis, reduction='none')
+    ref = 0.5 * (1 - kornia.metrics.ssim(f, ir, 11).flatten(1).mean(1)) + 0.5 * (1 - kornia.metrics.ssim(f, vis, 11).flatten(1).mean(1))
+    torch.testing.assert_close(s, ref)
+    blur = kornia.filters.gaussian_blur2d(torch.maximum(ir, vis), (7, 7), (2., 2.))
+    assert ssim_loss(blur, ir, vis) > ssim_loss(torch.maximum(ir, vis), ir, vis)  # blur loses structure
+    assert (frequency_loss(f, ir, vis, reduction='none') >= 0).all()
+    x = torch.rand(1, 1, 8, 8, dtype=torch.float64)
+    amp = torch.fft.rfft2(x, norm='ortho').abs()
+    torch.testing.assert_close(log_amplitude(x), torch.log1p(torch.sqrt(amp**2 + AMP_EPS)))
+    assert frequency_loss(blur, ir, vis) > frequency_loss(torch.maximum(ir, vis), ir, vis)
+
+
+# ---------------------------------------------------------------- gradients
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('value', [0., 0.5, 1.])
+def test_finite_gradients_on_constant_images(dtype, value):
+    f = torch.full((2, 1, 16, 16), value, dtype=dtype, requires_grad=True)
+    ir = torch.full((2, 1, 16, 16), value, dtype=dtype)
+    vis = torch.zeros(2, 1, 16, 16, dtype=dtype)
+    w = torch.full((2, 1, 16, 16), 0.5, dtype=dtype, requires_grad=True)
+    for src in ((ir, vis), (vis, vis), (ir, ir)):
+        for name, fn in TERMS.items():
+            f.grad = None
+            fn(f, *src).backward()
+            assert torch.isfinite(f.grad).all(), (name, value)
+        total, parts = FusionLoss(ALL_ON)(f, *src, w_int=w, w_grad=w)
+        assert torch.isfinite(total) and all(torch.isfinite(v).all() for v in parts.values())
+        f.grad = w.grad = None
+        total.backward()
+        assert torch.isfinite(f.grad).all() and torch.isfinite(w.grad).all()
+
+def test_gradcheck_float64():
+    f, ir, vis = pair(b=2, h=8, w=9, seed=1, dtype=torch.float64)
+    f.requires_grad_(True)
+    w1 = torch.rand(2, 1, 8, 9, dtype=torch.float64).requires_grad_(True)
+    w2 = torch.rand(2, 1, 8, 9, dtype=torch.float64).requires_grad_(True)
+    assert gradcheck(lambda f, w: intensity_loss(f, ir, vis, w=w, reduction='none'), (f, w1))
+    assert gradcheck(lambda f, w: gradient_loss(f, ir, vis, w=w, reduction='none'), (f, w1))
+    assert gradcheck(lambda f: ssim_loss(f, ir, vis, ir_weight=0.3, window_size=7, reduction='none'), (f,))
+    assert gradcheck(lambda f: frequency_loss(f, ir, vis, reduction='none'), (f,))
+    cfg = LossConfig(intensity=1., gradient=10., ssim=1., frequency=0.5, ssim_window=7)
+    one = lambda x: x[:1].detach().requires_grad_(True)
+    assert gradcheck(lambda f, a, b: fusion_loss(f, ir[:1], vis[:1], cfg, a, b)[0], (one(f), one(w1), one(w2)))
+
+def test_optimising_a_fused_image_decreases_the_loss():
+    d = synthetic_pair(48, 48, seed=4)
+    ir, vis = d['ir'][None], d['vis'][None]
+    f = ((ir + vis) / 2).clone().requires_grad_(True)
+    loss = FusionLoss()
+    opt = torch.optim.Adam([f], lr=0.01)
+    start = loss(f, ir, vis)[0].item()
+    for _ in range(60):
+        opt.zero_grad(); loss(f, ir, vis)[0].backward(); opt.step()
+    end, parts = loss(f, ir, vis)
+    assert end.item() < 0.8 * start
+    assert parts['intensity'] < intensity_loss((ir + vis) / 2, ir, vis)  # moved towards the brighter source
+
+
+# ---------------------------------------------------------------- batching and reduction
+
+@pytest.mark.parametrize('name', list(TERMS) + ['total'])
+def test_batch_independence(name):
+    f, ir, vis = pair(b=4, seed=3)
+    w = torch.rand(4, 1, 24, 28)
+    calls = dict(total=lambda a, b, c, ww, r: fusion_loss(a, b, c, ALL_ON, ww, ww, r)[0],
+                 intensity=lambda a, b, c, ww, r: intensity_loss(a, b, c, w=ww, reduction=r),
+                 gradient=lambda a, b, c, ww, r: gradient_loss(a, b, c, w=ww, reduction=r),
+                 ssim=lambda a, b, c, ww, r: ssim_loss(a, b, c, reduction=r),
+                 frequency=lambda a, b, c, ww, r: frequency_loss(a, b, c, reduction=r))
+    fn = calls[name]
+    per = fn(f, ir, vis, w, 'none')
+    assert per.shape == (4,)
+    single = torch.stack([fn(f[i:i + 1], ir[i:i + 1], vis[i:i + 1], w[i:i + 1], 'mean') for i in range(4)])
+    torch.testing.assert_close(per, single)
+    # changing another image of the batch does not change this one's loss
+    f2 = f.clone(); f2[1:] = torch.rand(3, 1, 24, 28)
+    torch.testing.assert_close(fn(f2, ir, vis, w, 'none')[0], per[0])
+    torch.testing.assert_close(fn(f, ir, vis, w, 'mean'), per.mean())
+    torch.testing.assert_close(fn(f, ir, vis, w, 'sum'), per.sum())
+
+def test_multichannel_and_odd_sizes():
+    f, ir, vis = (torch.rand(1, 3, 13, 17) for _ in range(3))
+    total, parts = FusionLoss(ALL_ON)(f, ir, vis, w_int=torch.rand(1, 1, 13, 17))
+    assert total.ndim == 0 and set(parts) == {'intensity', 'gradient', 'ssim', 'frequency'}
+
+
+# ---------------------------------------------------------------- module, config, errors
+
+def test_fusion_loss_module_and_config():
+    c = LossConfig()
+    assert (c.intensity, c.gradient, c.ssim, c.frequency) == (1., 10., 1., 0.)
+    f, ir, vis = pair()
+    total, parts = FusionLoss()(f, ir, vis)
+    assert set(parts) == {'intensity', 'gradient', 'ssim'} and all(not v.requires_grad for v in parts.values())
+    torch.testing.assert_close(total, parts['intensity'] + 10 * parts['gradient'] + parts['ssim'])
+    m = FusionLoss(c, gradient=2., ssim=0.)
+    assert m.config.gradient == 2. and c.gradient == 10.  # overrides copy the config
+    t2, p2 = m(f, ir, vis)
+    assert set(p2) == {'intensity', 'gradient'}
+    torch.testing.assert_close(t2, p2['intensity'] + 2 * p2['gradient'])
+    assert 'gradient=2.0' in repr(m) and list(m.parameters()) == [] and list(m.buffers()) == []
+    per, _ = m(f, ir, vis, reduction='none')
+    assert per.shape == (2,)
+    with pytest.raises(FusionInputError, match='all weights are 0'): LossConfig(intensity=0., gradient=0., ssim=0.)
+    with pytest.raises(FusionInputError, match='LossConfig.ssim'): LossConfig(ssim=float('nan'))
+    with pytest.raises(TypeError): FusionLoss(nonsense=1.)
+
+def test_errors_name_the_argument():
+    f, ir, vis = pair()
+    with pytest.raises(FusionInputError, match='`ir`: expected values in'): intensity_loss(f, ir * 255, vis)
+    with pytest.raises(FusionInputError, match='`vis`: expected a floating tensor'): gradient_loss(f, ir, vis[0])
+    with pytest.raises(FusionInputError, match='`fused`: expected finite'): ssim_loss(f * float('nan'), ir, vis)
+    with pytest.raises(FusionInputError, match='same shape'): frequency_loss(f, ir, vis[..., :20])
+    with pytest.raises(FusionInputError, match=r'`w_int`: expected shape \(2, 1, 24, 28\)'): fusion_loss(f, ir, vis, w_int=torch.rand(1, 1, 24, 28))
+    with pytest.raises(FusionInputError, match='`w_grad`: expected values in'): fusion_loss(f, ir, vis, w_grad=torch.full((2, 1, 24, 28), 1.5))
+    with pytest.raises(FusionInputError, match='`w`: expected 1 channel'): intensity_loss(f, ir, vis, w=torch.rand(2, 2, 24, 28))
+    with pytest.raises(FusionInputError, match='`reduction`'): intensity_loss(f, ir, vis, reduction='max')
+    with pytest.raises(FusionInputError, match='`ir_weight`'): ssim_loss(f, ir, vis, ir_weight=2.)
+    with pytest.raises(FusionInputError, match='`window_size`'): ssim_loss(f, ir, vis, window_size=4)
+    with pytest.raises(FusionInputError, match='too small for an SSIM window'): ssim_loss(*(x[..., :5, :5] for x in (f, ir, vis)))
+    f5 = f[..., :5, :5]
+    assert torch.isfinite(fusion_loss(f5, ir[..., :5, :5], vis[..., :5, :5], LossConfig(ssim=0.))[0])  # small images without SSIM
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    f, ir, vis = pair()
+    w = torch.rand(2, 1, 24, 28)
+    cpu = fusion_loss(f, ir, vis, ALL_ON, w, w, 'none')[0]
+    gpu = fusion_loss(f.cuda(), ir.cuda(), vis.cuda(), ALL_ON, w.cuda(), w.cuda(), 'none')[0]
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,108 @@
+"Trainer: exact resume, worker-count independence, NaN guard, configs, CLI, and 2-process DDP."
+import json, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sfofusion.core import FusionInputError
+from sfofusion.train import TrainConfig, train, read_log, latest_checkpoint
+import sfofusion.train as T
+
+CLI = str(Path(sys.executable).with_name('sfofusion'))  # the console script of this environment
+TINY = dict(steps=4, crop=40, batch_size=2, synthetic_pairs=6, warmup_steps=1, progress=False)
+
+
+def weights(folder):
+    return load_file(str(Path(folder)/'final'/'model.safetensors'))
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_is_bit_exact(tmp_path):
+    cfg = TrainConfig(**TINY, ckpt_every=2)
+    train(cfg.override(out_dir=str(tmp_path/'a')))
+    train(cfg.override(out_dir=str(tmp_path/'b')), stop_after=3)   # "interrupted" after step 3
+    assert latest_checkpoint(tmp_path/'b').name == 'step_00000003'
+    assert not (tmp_path/'b'/'final').exists()
+    res = train(cfg.override(out_dir=str(tmp_path/'b')), resume=True)
+    assert res['step'] == 4
+    assert same(weights(tmp_path/'a'), weights(tmp_path/'b'))
+    # the resumed run's log continues where the first part stopped
+    assert [r['step'] for r in read_log(tmp_path/'b'/'log.jsonl') if 'loss' in r] == [1, 2, 3, 4]
+
+
+def test_results_do_not_depend_on_worker_count(tmp_path):
+    cfg = TrainConfig(**TINY)
+    train(cfg.override(out_dir=str(tmp_path/'w0')))
+    train(cfg.override(out_dir=str(tmp_path/'w2'), num_workers=2))
+    assert same(weights(tmp_path/'w0'), weights(tmp_path/'w2'))
+
+
+def test_nan_guard_skips_the_step(tmp_path, monkeypatch):
+    calls = {'n': 0}
+    real = T.FusionLoss.forward
+
+    def flaky(self, fused, ir, vis, *a, **k):
+        calls['n'] += 1
+        total, parts = real(self, fused, ir, vis, *a, **k)
+        return (total * float('nan') if calls['n'] == 2 else total), parts
+
+    monkeypatch.setattr(T.FusionLoss, 'forward', flaky)
+    res = train(TrainConfig(**TINY, out_dir=str(tmp_path/'nan')))
+    assert res['skipped'] == 1 and res['step'] == 4
+    rows = [r for r in read_log(tmp_path/'nan'/'log.jsonl') if 'loss' in r]
+    assert [r['skipped'] for r in rows] == [0, 1, 1, 1]
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path/'nan').values())
+
+
+def test_config_files_and_overrides(tmp_path):
+    (tmp_path/'c.yaml').write_text('steps: 7\nlr: 0.01\nloss: {gradient: 5}\ndata: [synthetic]\n')
+    cfg = TrainConfig.load(tmp_path/'c.yaml')
+    assert (cfg.steps, cfg.lr, cfg.loss) == (7, 0.01, {'gradient': 5})
+    (tmp_path/'c.json').write_text(json.dumps({'steps': 3, 'batch_size': 4}))
+    assert TrainConfig.load(tmp_path/'c.json').batch_size == 4
+    with pytest.raises(FusionInputError, match='unknown config field'):
+        TrainConfig().override(batchsize=3)
+    with pytest.raises(FusionInputError, match="cannot read 'x' as int"):
+        TrainConfig().override(steps='x')
+    with pytest.raises(FusionInputError, match='CUDA is not available'):
+        if torch.cuda.is_available(): raise FusionInputError('CUDA is not available (skip)')
+        train(TrainConfig(**TINY, device='cuda', out_dir=str(tmp_path/'x')))
+
+
+def test_validation_on_real_pairs(tmp_path):
+    from sfofusion.core import shared_dir
+    sd = shared_dir()
+    if sd is None: pytest.skip('needs the shared data folder (../shared/data/TNO) beside the repository')
+    res = train(TrainConfig(**TINY, val_data=str(sd/'data'/'TNO'), val_max_pairs=2, out_dir=str(tmp_path/'v')))
+    assert {'VIF', 'Qabf', 'SSIM'} <= set(res['val'])
+    assert all(v == v for v in res['val'].values())  # no NaN
+    assert (tmp_path/'v'/'loss.png').stat().st_size > 1000
+
+
+def test_cli_train(tmp_path):
+    out = tmp_path/'cli'
+    r = subprocess.run([CLI, 'train', '--steps', '2', '--out-dir', str(out),
+                        '--set', 'crop=32', '--set', 'batch_size=2', '--set', 'synthetic_pairs=4', '--set', 'progress=false'],
+                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert r.returncode == 0, r.stderr
+    assert 'done: 2 steps' in r.stdout
+    assert (out/'final'/'model.safetensors').is_file() and (out/'final'/'config.json').is_file()
+    bad = subprocess.run([CLI, 'train', '--set', 'nope=1'], capture_output=True, text=True)
+    assert bad.returncode == 1 and "unknown config field 'nope'" in bad.stderr
+
+
+def test_ddp_two_cpu_processes_agree(tmp_path):
+    out = tmp_path/'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', CLI,
+           'train', '--steps', '3', '--out-dir', str(out), '--device', 'cpu',
+           '--set', 'crop=32', '--set', 'batch_size=2', '--set', 'synthetic_pairs=8', '--set', 'progress=false']
+    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((out/'result.json').read_text())
+    assert res['step'] == 3
+    assert res['replica_max_diff'] == 0.0
