@@ -97,13 +97,14 @@ def numpy_metrics(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
         MSE=mse, CC=lambda: (corr(a, f) + corr(b, f)) / 2, PSNR=lambda: 10 * np.log10(f.max() ** 2 / mse()))
 
 
-def timeit(fn, repeat: int, warmup: int) -> float:
-    "Median wall time (s) of `repeat` calls after `warmup` calls."
+def timeit(fn, repeat: int, warmup: int) -> tuple[float, float]:
+    "Median wall time and median process CPU time (s) of `repeat` calls after `warmup` calls."
     for _ in range(warmup): fn()
-    ts = []
+    wall, cpu = [], []
     for _ in range(repeat):
-        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+        t, c = time.perf_counter(), time.process_time(); fn()
+        wall.append(time.perf_counter() - t); cpu.append(time.process_time() - c)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def main(argv=None):
@@ -118,8 +119,11 @@ def main(argv=None):
     f, a, b = (t.to(args.device) for t in (f, a, b))
     sync = torch.cuda.synchronize if args.device.startswith('cuda') else (lambda: None)
     def ours(ms): compute_metrics(f, a, b, ms); sync()
-    rows = {m: dict(ours_ms=1e3 * timeit(lambda: ours([m]), args.repeat, args.warmup)) for m in METRICS}
-    total = 1e3 * timeit(lambda: ours(None), args.repeat, args.warmup)
+    rows = {}
+    for m in METRICS:
+        wall, cpu = timeit(lambda: ours([m]), args.repeat, args.warmup)
+        rows[m] = dict(ours_ms=1e3 * wall, ours_cpu_ms=1e3 * cpu)
+    total, total_cpu = (1e3 * t for t in timeit(lambda: ours(None), args.repeat, args.warmup))
     values = {k: v.item() for k, v in compute_metrics(f, a, b).items()}
     np_total, max_dev = None, None
     try:
@@ -133,7 +137,7 @@ def main(argv=None):
         np_total = 0.
         max_dev = 0.
         for m, fun in fns.items():
-            t = 1e3 * timeit(fun, max(3, args.repeat // 2), 1)
+            t = 1e3 * timeit(fun, max(3, args.repeat // 2), 1)[0]
             rows[m]['numpy_ms'] = t; np_total += t
             v, o = float(fun()), values[m]
             dev = 0. if (math.isnan(v) and math.isnan(o)) else abs(v - o) / max(abs(v), 0.1)
@@ -141,18 +145,20 @@ def main(argv=None):
     out = dict(source=source, size=list(f.shape[-2:]), device=args.device, torch=torch.__version__,
                threads=torch.get_num_threads(), omp_num_threads=os.environ.get('OMP_NUM_THREADS'),
                cpu=platform.processor() or platform.machine(), repeat=args.repeat, per_metric=rows,
-               total_ms=total, numpy_total_ms=np_total, numpy_max_rel_dev=max_dev, values=values)
+               total_ms=total, total_cpu_ms=total_cpu, load_avg=os.getloadavg()[0], numpy_total_ms=np_total, numpy_max_rel_dev=max_dev, values=values)
     if args.json:
         print(json.dumps(out)); return out
     print(f"Metrics on one {f.shape[-1]}x{f.shape[-2]} triplet ({source}), {args.device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s); median of {args.repeat} after {args.warmup} warm-up calls.\n")
-    head = "| metric | ours (ms) |" + (" NumPy/SciPy (ms) | rel. difference |" if have_scipy else "")
-    print(head + "\n|---|---:|" + ("---:|---:|" if have_scipy else ""))
+          f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.1f}; "
+          f"median of {args.repeat} after {args.warmup} warm-up calls.\n")
+    head = "| metric | ours, wall (ms) | ours, CPU (ms) |" + (" NumPy/SciPy, wall (ms) | rel. difference |" if have_scipy else "")
+    print(head + "\n|---|---:|---:|" + ("---:|---:|" if have_scipy else ""))
     for m, r in rows.items():
         extra = f" {r['numpy_ms']:.1f} | {r['numpy_rel_dev']:.1e} |" if have_scipy else ""
-        print(f"| {m} | {r['ours_ms']:.1f} |{extra}")
-    print(f"| **all (compute_metrics)** | **{total:.1f}** |" + (f" {np_total:.1f} (sum) | {max_dev:.1e} |" if have_scipy else ""))
-    print("\nPer-metric times include the input checks (~5 ms); `all` shares work between metrics (SSIM and SSIM_255, MSE and PSNR).")
+        print(f"| {m} | {r['ours_ms']:.1f} | {r['ours_cpu_ms']:.1f} |{extra}")
+    print(f"| **all (compute_metrics)** | **{total:.1f}** | **{total_cpu:.1f}** |" + (f" {np_total:.1f} (sum) | {max_dev:.1e} |" if have_scipy else ""))
+    print("\nPer-metric times include the input checks (~5 ms); `all` shares work between metrics (SSIM and SSIM_255, "
+          "MSE and PSNR). CPU time is the process's (all threads); on a busy machine it is the steadier number.")
     return out
 
 

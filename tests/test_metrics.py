@@ -1,5 +1,5 @@
 "Sweeping tests of `sfofusion.metrics`: reference values, invariances, conventions, bad inputs, batches, devices, folders."
-import csv, json, math
+import csv, json, math, os
 from pathlib import Path
 
 import numpy as np
@@ -38,31 +38,49 @@ def _deviation(v: float, r) -> float:
     if math.isnan(v): return math.inf
     return abs(v - r) / max(abs(r), TOL_ABS / TOL_REL)
 
+FULL = os.environ.get('SFOFUSION_FULL_REFERENCE') == '1'
+
+def _names(spec: Path, data: dict) -> list[str]:
+    "Images to check (to keep this file near a minute): all of TNO, RoadScene and the edge cases, every second"
+    " MSRS average, every third MSRS image of each published model; all of them with SFOFUSION_FULL_REFERENCE=1."
+    names = list(data['per_image'])
+    if FULL or spec.stem in ('average_TNO', 'average_RoadScene', 'edge_cases'): return names
+    return names[::2] if spec.stem.startswith('average') else names[::3]
+
 @pytest.mark.slow
 @pytest.mark.parametrize('spec', SPECS or [None], ids=lambda p: p.stem if p else 'no-shared')
 def test_reference_values(spec):
-    "Every image and metric of a reference JSON, SSIM at data range 2 and 255, within 1e-3 relative / 1e-4 absolute."
+    "Per image and metric (SSIM at data range 2 and 255): within 1e-3 relative / 1e-4 absolute; null <-> NaN; means."
     if spec is None: pytest.skip(NO_SHARED)
     data = json.loads(spec.read_text())
-    worst = compare_to_reference(spec)
-    bad = {m: w for m, w in worst.items() if w[0] > TOL_REL}
-    assert not bad, f"{spec.name}: metrics off the reference (deviation, image, ours, reference): {bad}"
-    assert set(worst) == set(METRICS) and len(data['per_image']) == data['count']
+    names, src = _names(spec, data), REF.parent/data['source']
+    res = evaluate_folders(REF.parent/data['fused'], src/'ir', src/'vi', progress=False, names=names)
+    assert list(res.per_image) == names and res.metrics == METRICS
+    bad = [(n, m, v, r) for n in names for m, r in data['per_image'][n].items()
+           if _deviation(v := res.per_image[n][m], r) > TOL_REL]
+    assert not bad, f"{spec.name}: {len(bad)} values off the reference (image, metric, ours, reference): {bad[:10]}"
+    if len(names) == data['count'] and 'mean' in data:   # the evaluator's means (np.mean over the images)
+        for m, r in data['mean'].items(): assert _deviation(res.mean[m], r) < TOL_REL, (m, res.mean[m], r)
+    if spec.stem == 'edge_cases':                         # some SCD and CC are undefined: so are their means
+        assert math.isnan(res.mean['SCD']) and math.isnan(res.mean['CC'])
 
 @pytest.mark.slow
-def test_reference_means_and_nan():
-    "evaluate_folders' means equal the JSON means; null (the evaluator's NaN) comes back as NaN."
+def test_compare_to_reference_flags_mismatches(tmp_path):
+    "compare_to_reference agrees on the real values and flags a changed value and a NaN where the reference has a number."
     if REF is None: pytest.skip(NO_SHARED)
+    names = ['msrs_eq_ir.png', 'tno_noise.png']
+    worst = compare_to_reference(REF/'metrics'/'edge_cases.json', names=names)
+    assert set(worst) == set(METRICS) and all(w[0] < TOL_REL for w in worst.values())
     spec = json.loads((REF/'metrics'/'edge_cases.json').read_text())
-    res = evaluate_folders(REF.parent/spec['fused'], REF.parent/spec['source']/'ir', REF.parent/spec['source']/'vi', progress=False)
-    for name, vals in spec['per_image'].items():
-        for m, r in vals.items():
-            assert (r is None) == math.isnan(res.per_image[name][m]), (name, m, r, res.per_image[name][m])
-    assert math.isnan(res.mean['SCD']) and math.isnan(res.mean['CC'])   # undefined for some images: mean undefined
-    tno = json.loads((REF/'metrics'/'average_TNO.json').read_text())
-    src = REF.parent/tno['source']
-    res = evaluate_folders(REF.parent/tno['fused'], src/'ir', src/'vi', progress=False)
-    for m, r in tno['mean'].items(): assert _deviation(res.mean[m], r) < TOL_REL, (m, res.mean[m], r)
+    spec['per_image'] = {n: dict(spec['per_image'][n]) for n in names}
+    spec['per_image']['msrs_eq_ir.png']['SCD'] = 1.0                 # the evaluator's NaN replaced by a number
+    spec['per_image']['tno_noise.png']['EN'] *= 1.01
+    (tmp_path/'reference'/'metrics').mkdir(parents=True)
+    for d in ('fused', 'edge_pairs'): (tmp_path/'reference'/d).symlink_to(REF/d)
+    (tmp_path/'reference'/'metrics'/'edited.json').write_text(json.dumps(spec))
+    worst = compare_to_reference(tmp_path/'reference'/'metrics'/'edited.json')
+    assert worst['SCD'][:2] == (math.inf, 'msrs_eq_ir.png')
+    assert worst['EN'][1] == 'tno_noise.png' and worst['EN'][0] == pytest.approx(0.01 / 1.01, rel=1e-3)
 
 @pytest.mark.slow
 def test_float64_ssim_close_to_reference():
@@ -325,6 +343,11 @@ def test_evaluate_folders_options(tmp_path):
     full = evaluate_folders(tmp_path/'fused', tmp_path/'ir', tmp_path/'vi', metrics=['SSIM', 'MI'], progress=False)
     assert res.metrics == ('SSIM', 'MI') and res.conventions['mi_unit'] == 'bits'
     assert res.mean['MI'] == pytest.approx(full.mean['MI'] / 2 / math.log(2))
+    one = evaluate_folders(tmp_path/'fused', tmp_path/'ir', tmp_path/'vi', ['EN'], progress=False, names=['img1.png'])
+    assert list(one.per_image) == ['img1.png'] and one.metrics == ('EN',)
+    assert one.per_image['img1.png']['EN'] == pytest.approx(entropy(load_gray255(tmp_path/'fused'/'img1.png')).item())
+    with pytest.raises(FusionInputError, match="`names`: not in"):
+        evaluate_folders(tmp_path/'fused', tmp_path/'ir', tmp_path/'vi', progress=False, names=['img9.png'])
     with pytest.raises(FusionInputError, match="unknown convention"):
         evaluate_folders(tmp_path/'fused', tmp_path/'ir', tmp_path/'vi', progress=False, ssim_range=255)
 
