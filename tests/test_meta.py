@@ -173,3 +173,10 @@ def test_ddp_meta_two_processes(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads((out/'result.json').read_text())
     assert res['step'] == 2 and res['replica_max_diff'] == 0.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('first_order', [False, True])
+def test_cuda_meta_training(tmp_path, first_order):
+    res = train_meta(MetaConfig(**TINY, device='cuda', precision='bf16', first_order=first_order, out_dir=str(tmp_path/'m')))
+    assert res['step'] == 4 and res['skipped'] == 0 and res['val']

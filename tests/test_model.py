@@ -171,7 +171,7 @@ def test_cuda(model, dtype):
         if torch.is_tensor(v) and v.is_floating_point(): assert torch.isfinite(v).all(), k
     with torch.inference_mode(): ref = model(ir, vis)
     err = (aux['fused'].float().cpu() - ref).abs()
-    assert (err.max() < 1e-3) if dtype is None else (err.mean() < 0.05)
+    assert (err.max() < 5e-3) if dtype is None else (err.mean() < 0.05)   # fp32: cuDNN may use TF32
 
 
 @pytest.mark.skipif(not CUDA, reason='CUDA not available')

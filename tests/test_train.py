@@ -106,3 +106,11 @@ def test_ddp_two_cpu_processes_agree(tmp_path):
     res = json.loads((out/'result.json').read_text())
     assert res['step'] == 3
     assert res['replica_max_diff'] == 0.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('precision', ['fp32', 'bf16', 'fp16'])
+def test_cuda_training_with_amp(tmp_path, precision):
+    res = train(TrainConfig(**TINY, device='cuda', precision=precision, out_dir=str(tmp_path/precision)))
+    assert res['step'] == 4 and res['skipped'] == 0
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path/precision).values())
