@@ -8,6 +8,12 @@ optionally torch.compile, and the peak memory of one 1920x1080 pair (measured in
 of the process's peak resident set size, ru_maxrss, over the forward pass: torch's CPU allocations are invisible to
 tracemalloc).
 
+On a CPU shared with other busy processes, OpenMP's default wait policy makes every parallel operator wait for a
+descheduled worker thread (several ms each); a network of a few hundred small operators then slows down far more
+than the five large convolutions of the reference. Unless OMP_WAIT_POLICY is set, the model/reference timing is
+therefore repeated in a subprocess with OMP_WAIT_POLICY=PASSIVE (reported as passive_*), so that a reading taken
+on a busy machine shows how much of it is that effect.
+
 FLOPs follow sfofusion.flops: convolutions and matrix products at 2 FLOPs per MAC, a complex FFT of N points at
 5 N log2 N real FLOPs (real-input/real-output FFTs half that); element-wise operations are not counted.
 
@@ -16,8 +22,9 @@ FLOPs follow sfofusion.flops: convolutions and matrix products at 2 FLOPs per MA
     python bench/bench_model.py --threads 1     # pin the thread count
     python bench/bench_model.py --compile       # also time torch.compile (inductor; compiling takes minutes)
     python bench/bench_model.py --device cuda   # GPU timings (synchronised), fp32 and bf16 autocast
+    OMP_WAIT_POLICY=PASSIVE python bench/bench_model.py   # the setting to use on a shared CPU
 """
-import argparse, json, os, resource, statistics, subprocess, sys, time
+import argparse, json, os, statistics, subprocess, sys, time
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +60,7 @@ def reference_workload(dev):
     return run
 
 
-def peak_memory_mib(h: int, w: int, device: str, threads: int | None) -> float:
+def peak_memory_mib(h: int, w: int, threads: int | None) -> float:
     "Growth of peak RSS (MiB) over one forward pass of an h x w pair, measured in a fresh process."
     code = f"""
 import resource, torch
@@ -69,6 +76,19 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 """
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def timing_only(args) -> dict:
+    "Median seconds of the model on one 640x480 pair and of the reference workload, interleaved."
+    from sfofusion.model import build_model
+    if args.threads: torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build_model().to(dev).eval()
+    g = torch.Generator().manual_seed(1)
+    ir, vis = (torch.rand(1, 1, 480, 640, generator=g).to(dev) for _ in range(2))
+    t = timed(dict(model=lambda: model(ir, vis), reference=reference_workload(dev)), dev, args.warmup, args.repeats)
+    return dict(cpu_s=t['model']['median'], ref_s=t['reference']['median'], ratio=t['model']['median'] / t['reference']['median'])
 
 
 def run(args) -> dict:
@@ -110,8 +130,14 @@ def run(args) -> dict:
                    dev, 2, args.repeats)
         res.update(compiled_s=tc['compiled']['median'], compiled_eager_s=tc['model']['median'],
                    compiled_ref_s=tc['reference']['median'])
+    res['omp_wait_policy'] = os.environ.get('OMP_WAIT_POLICY', 'default')
+    if dev.type == 'cpu' and 'OMP_WAIT_POLICY' not in os.environ and not args.no_passive:
+        cmd = [sys.executable, __file__, '--timing-only', '--warmup', str(args.warmup), '--repeats', str(args.repeats)]
+        if args.threads: cmd += ['--threads', str(args.threads)]
+        out = subprocess.run(cmd, env=dict(os.environ, OMP_WAIT_POLICY='PASSIVE'), capture_output=True, text=True, check=True)
+        res.update({f'passive_{k}': v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()})
     if dev.type == 'cpu' and not args.no_memory:
-        res['peak_mem_1080p_mib'] = peak_memory_mib(1080, 1920, args.device, args.threads)
+        res['peak_mem_1080p_mib'] = peak_memory_mib(1080, 1920, args.threads)
         res['peak_mem_method'] = 'ru_maxrss growth over one forward pass in a fresh subprocess'
     elif dev.type == 'cuda':
         a, b = (torch.rand(1, 1, 1080, 1920, device=dev) for _ in range(2))
@@ -137,6 +163,9 @@ def table(r: dict) -> str:
         rows.append(('torch.compile (inductor): first call', f"{r['compile_first_call_s']:.0f} s"))
         rows.append(('torch.compile: time per pair (eager, reference in the same run)',
                      f"{r['compiled_s'] * 1e3:.1f} ms ({r['compiled_eager_s'] * 1e3:.1f}, {r['compiled_ref_s'] * 1e3:.1f})"))
+    if 'passive_ratio' in r:
+        rows.append(('same pair / reference with OMP_WAIT_POLICY=PASSIVE (subprocess)',
+                     f"{r['passive_cpu_s'] * 1e3:.1f} ms / {r['passive_ref_s'] * 1e3:.1f} ms = {r['passive_ratio']:.2f}"))
     if 'peak_mem_1080p_mib' in r: rows.append(('peak memory, one 1920x1080 pair', f"{r['peak_mem_1080p_mib']:.0f} MiB ({r['peak_mem_method']})"))
     return '\n'.join(['| measure | value |', '|---|---|'] + [f'| {a} | {b} |' for a, b in rows])
 
@@ -149,9 +178,12 @@ def main():
     p.add_argument('--repeats', type=int, default=9)
     p.add_argument('--compile', action='store_true', help='also time torch.compile (slow to compile)')
     p.add_argument('--no-memory', action='store_true', help='skip the 1080p peak-memory subprocess')
+    p.add_argument('--no-passive', action='store_true', help='skip the OMP_WAIT_POLICY=PASSIVE repeat of the timing')
     p.add_argument('--json', action='store_true')
+    p.add_argument('--timing-only', action='store_true', help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.repeats < 5: p.error('--repeats must be at least 5')
+    if args.timing_only: return print(json.dumps(timing_only(args)))
     r = run(args)
     print(json.dumps(r) if args.json else table(r))
 
