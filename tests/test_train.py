@@ -114,3 +114,19 @@ def test_cuda_training_with_amp(tmp_path, precision):
     res = train(TrainConfig(**TINY, device='cuda', precision=precision, out_dir=str(tmp_path/precision)))
     assert res['step'] == 4 and res['skipped'] == 0
     assert all(torch.isfinite(v).all() for v in weights(tmp_path/precision).values())
+
+
+def test_bad_data_raises_or_is_skipped_with_a_warning(tmp_path):
+    import cv2, numpy as np, warnings
+    from sfofusion.data import SkippedDataWarning
+    root = tmp_path/'pairs'
+    for side in ('ir', 'vi'): (root/side).mkdir(parents=True)
+    for i in range(6):
+        for side in ('ir', 'vi'): cv2.imwrite(str(root/side/f'{i:03d}.png'), np.full((64, 64), 40 * i, np.uint8))
+    (root/'ir'/'007.png').write_bytes(b'not a png')            # corrupt, and without a VIS counterpart
+    cfg = TrainConfig(**{**TINY, 'data': [f'pairs:{root}'], 'out_dir': str(tmp_path/'o')})
+    with pytest.raises(FusionInputError, match='007'):
+        train(cfg)
+    with pytest.warns(SkippedDataWarning, match='007'):
+        res = train(cfg.override(skip_bad=True))
+    assert res['step'] == 4
