@@ -47,7 +47,7 @@ def run(args, rank=0, world=1):
     dt = time.perf_counter() - t0
     return dict(device=str(dev), precision=args.precision, batch_per_process=args.batch, crop=args.crop,
                 processes=world, steps=args.steps, seconds=dt, steps_per_s=args.steps / dt,
-                samples_per_s=args.steps * args.batch * world / dt, final_loss=float(loss),
+                samples_per_s=args.steps * args.batch * world / dt, final_loss=float(loss.detach()),
                 gpu=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else None, threads=torch.get_num_threads())
 
 

@@ -409,7 +409,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = data[start:]
         self.send_header('Content-Length', str(len(body))); self.end_headers()
         cut = srv.cut_after if srv.cut_after is not None else len(body)
-        self.wfile.write(body[:cut]); srv.sent += min(cut, len(body))
+        srv.sent += min(cut, len(body)); self.wfile.write(body[:cut])  # count first: the client may finish reading before write() returns
         if cut < len(body): self.close_connection = True
     def log_message(self, *a): pass
 

@@ -1,0 +1,72 @@
+"""Package a training run's weights into the library as a shipped model, with a model card.
+
+    python bench/ship_weights.py runs/real_cpu_long --name msrs [--checkpoint latest] [--eval ../shared/data/TNO]
+
+Copies the run's `final/` weights (or its latest checkpoint's) to `sfofusion/weights/<name>/` (model.safetensors,
+config.json), measures the evaluator's metrics on --eval pairs (full resolution, community conventions), and writes
+MODEL_CARD.md and card.json there from the run's own config and log. The training record (config, log, loss curve,
+result) is copied to bench/results/<run name>/.
+"""
+import argparse, datetime, json, shutil
+from pathlib import Path
+
+import torch
+
+from sfofusion.core import atomic_write_bytes
+from sfofusion.model import SFOFusion, SFOFusionConfig, count_parameters, weights_dir
+from sfofusion.flops import count_flops
+from sfofusion.train import latest_checkpoint, validate, read_log
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('run', type=Path)
+    p.add_argument('--name', required=True)
+    p.add_argument('--checkpoint', default='final', help="'final' or 'latest'")
+    p.add_argument('--eval', action='append', default=[], help='pair folders to evaluate on (repeatable)')
+    p.add_argument('--eval-pairs', type=int, default=20)
+    a = p.parse_args()
+    cfg = json.loads((a.run/'config.json').read_text())
+    if a.checkpoint == 'final':
+        src, step = a.run/'final', json.loads((a.run/'result.json').read_text())['step']
+        model = SFOFusion.from_pretrained(src)
+    else:
+        ck = latest_checkpoint(a.run)
+        step = json.loads((ck/'state.json').read_text())['step']
+        model = SFOFusion(SFOFusionConfig(**cfg.get('model', {})))
+        from safetensors.torch import load_file
+        model.load_state_dict(load_file(str(ck/'model.safetensors')))
+    dest = weights_dir()/a.name
+    model.save_pretrained(dest)
+    metrics = {Path(d).name: validate(model, d, a.eval_pairs) for d in a.eval}
+    fl = count_flops(model, 480, 640)
+    log = [r for r in read_log(a.run/'log.jsonl') if 'loss' in r]
+    card = dict(name=a.name, date=datetime.date.today().isoformat(), step=step, planned_steps=cfg['steps'],
+                data=cfg['data'], crop=cfg['crop'], batch_size=cfg['batch_size'], lr=cfg['lr'], loss=cfg['loss'],
+                seed=cfg['seed'], device=cfg['device'], precision=cfg['precision'], params=count_parameters(model),
+                flops_640x480=fl['flops'], final_train_loss=log[-1]['loss'] if log else None,
+                eval={k: {m: round(v, 4) for m, v in d.items()} for k, d in metrics.items()},
+                eval_pairs=a.eval_pairs, record=f'bench/results/{a.run.name}/')
+    atomic_write_bytes(dest/'card.json', json.dumps(card, indent=1).encode())
+    lines = [f"# SFOFusion model `{a.name}`", "",
+             f"Fusion-only SFOFusion network ({card['params']:,} parameters, {card['flops_640x480'] / 1e9:.2f} GFLOPs at 640×480),",
+             f"trained {step} of {cfg['steps']} planned steps on {', '.join(cfg['data'])} with the hand-made fusion loss",
+             f"(crops {cfg['crop']}², batch {cfg['batch_size']}, AdamW lr {cfg['lr']}, warm-up + cosine, seed {cfg['seed']}, "
+             f"device {cfg['device']}, {cfg['precision']}). Packaged {card['date']}.", "",
+             "Evaluated with `sfofusion.metrics` (community conventions; fused image rounded to 8 bits; "
+             f"first {a.eval_pairs} pairs of each folder, full resolution):", "",
+             "| data | " + " | ".join(next(iter(metrics.values())).keys()) + " |",
+             "|---|" + "---|" * len(next(iter(metrics.values())))] if metrics else []
+    for k, d in metrics.items(): lines.append(f"| {k} | " + " | ".join(f"{v:.3f}" for v in d.values()) + " |")
+    lines += ["", f"Training record: `{card['record']}` (config, JSONL log, loss curve, result).",
+              "The data are published research datasets (see `../shared/data/SOURCES.md`); the weights inherit their terms."]
+    atomic_write_bytes(dest/'MODEL_CARD.md', ('\n'.join(lines) + '\n').encode())
+    rec = Path('bench/results')/a.run.name
+    rec.mkdir(parents=True, exist_ok=True)
+    for f in ('config.json', 'log.jsonl', 'loss.png', 'result.json'):
+        if (a.run/f).exists(): shutil.copy(a.run/f, rec/f)
+    print((dest/'MODEL_CARD.md').read_text())
+
+
+if __name__ == '__main__':
+    main()
