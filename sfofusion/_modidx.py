@@ -520,6 +520,7 @@ d = { 'settings': { 'branch': 'main',
                                  'sfofusion.train.read_log': ('train.html#read_log', 'sfofusion/train.py'),
                                  'sfofusion.train.replica_max_diff': ('train.html#replica_max_diff', 'sfofusion/train.py'),
                                  'sfofusion.train.save_checkpoint': ('train.html#save_checkpoint', 'sfofusion/train.py'),
+                                 'sfofusion.train.save_on_interrupt': ('train.html#save_on_interrupt', 'sfofusion/train.py'),
                                  'sfofusion.train.save_step_checkpoint': ('train.html#save_step_checkpoint', 'sfofusion/train.py'),
                                  'sfofusion.train.train': ('train.html#train', 'sfofusion/train.py'),
                                  'sfofusion.train.validate': ('train.html#validate', 'sfofusion/train.py')}}}

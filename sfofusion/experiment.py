@@ -139,7 +139,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
                                'reference_metrics': ref, 'out_dir': str(out/f'seed{seed}'/mode)})
             if cfg.data != 'synthetic': mc = mc.override(task_cfg={**mc.task_cfg, 'num_classes': ncls, 'class_names': names})
             res = train_meta(mc)
-            if mode == 'fusion': ref = res['reference'] if False else {k: res['val'][k] for k in ('VIF', 'Qabf', 'SSIM')} if res['val'] else {}
+            if mode == 'fusion' and res['val']:  # this seed's fusion-only model is the reference of the other two
+                ref = {k: res['val'][k] for k in ('VIF', 'Qabf', 'SSIM')}
             nets[mode] = SFOFusion.from_pretrained(out/f'seed{seed}'/mode/'final').to(cfg.device)
             costs.setdefault(mode, []).append(res['s_per_step'])
         for v in cfg.variants:

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn, Tensor
 from torch.func import functional_call
 
-from .core import FusionInputError, check_image, check_same_size, find_pairs, load_gray255, load_pair, to_uint8
+from .core import FusionInputError, atomic_write_bytes, check_image, check_same_size
 from .losses import FusionLoss, LossConfig, sobel_magnitude, ssim_loss
 
 # %% auto #0
@@ -189,7 +189,7 @@ def holdout_split(n: int, holdout: int, split_seed: int=0) -> tuple[list, list]:
 
 # %% ../nbs/11_meta.ipynb #c702f354
 from .train import (TrainConfig, lr_at, epoch_batches, save_step_checkpoint, load_checkpoint, latest_checkpoint,
-                             _setup_distributed, _autocast, _log, read_log, replica_max_diff)
+                             _setup_distributed, _autocast, _log, read_log, replica_max_diff, save_on_interrupt)
 from .data import get_dataset, FusionCrops, SyntheticPairs, collate_fusion, SYNTHETIC_CLASSES
 from .model import SFOFusion, SFOFusionConfig, build_model
 from .tasks import build_task, save_task
@@ -395,10 +395,7 @@ def train_meta(cfg: MetaConfig,            # the run's configuration
                         if rank == 0: _log(out/'log.jsonl', dict(step=step, epoch_end=True, quality=q, lam=state.lam, **{f'val/{k}': v for k, v in val.items()}))
                 if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps: checkpoint(step)
     except KeyboardInterrupt:
-        if world > 1: raise
-        checkpoint(step)
-        if bar is not None: bar.close()
-        print(f"interrupted: checkpoint saved at step {step}; continue with resume=True (--resume)")
+        save_on_interrupt(checkpoint, step, world, bar)
         raise
     if bar is not None: bar.close()
     checkpoint(step)
@@ -412,7 +409,6 @@ def train_meta(cfg: MetaConfig,            # the run's configuration
             from safetensors.torch import save_file
             save_file({k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}, str(out/'loss_generator.safetensors'))
         plot_balance(out/'log.jsonl', out/'balance.png')
-        from sfofusion.core import atomic_write_bytes
         atomic_write_bytes(out/'result.json', json.dumps(res, indent=1).encode())
     if world > 1: dist.barrier()
     return res

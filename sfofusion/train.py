@@ -24,8 +24,8 @@ from .metrics import compute_metrics
 
 # %% auto #0
 __all__ = ['VAL_METRICS', 'TrainConfig', 'lr_at', 'build_train_dataset', 'collate_pairs', 'epoch_batches', 'save_checkpoint',
-           'load_checkpoint', 'save_step_checkpoint', 'latest_checkpoint', 'validate', 'replica_max_diff', 'train',
-           'read_log', 'plot_log']
+           'load_checkpoint', 'save_step_checkpoint', 'latest_checkpoint', 'validate', 'replica_max_diff',
+           'save_on_interrupt', 'train', 'read_log', 'plot_log']
 
 # %% ../nbs/07_train.ipynb #88bb8162
 @dataclass
@@ -270,6 +270,13 @@ def replica_max_diff(*modules: nn.Module) -> float:
     dist.all_reduce(diff, op=dist.ReduceOp.MAX)
     return float(diff)
 
+def save_on_interrupt(checkpoint, step: int, world: int, bar=None) -> None:
+    "Ctrl-C in a single-process run: write a checkpoint at `step` (with `checkpoint(step)`) and say how to continue."
+    if world > 1: return  # other processes may be mid-collective: no consistent state to save
+    checkpoint(step)
+    if bar is not None: bar.close()
+    print(f"interrupted: checkpoint saved at step {step}; continue with resume=True (--resume)")
+
 def _log(path: Path, row: dict) -> None:
     with open(path, 'a') as f: f.write(json.dumps(row) + '\n')
 
@@ -351,10 +358,7 @@ def train(cfg: TrainConfig,           # the run's configuration
                     val = validate(model, cfg.val_data, cfg.val_max_pairs)
                     _log(out/'log.jsonl', dict(step=step, **{f'val/{k}': v for k, v in val.items()}))
     except KeyboardInterrupt:
-        if world > 1: raise
-        checkpoint(step)
-        if bar is not None: bar.close()
-        print(f"interrupted: checkpoint saved at step {step}; continue with resume=True (--resume)")
+        save_on_interrupt(checkpoint, step, world, bar)
         raise
     if bar is not None: bar.close()
     checkpoint(step)
