@@ -1,11 +1,13 @@
 """Package a training run's weights into the library as a shipped model, with a model card.
 
     python bench/ship_weights.py runs/real_cpu_long --name msrs [--checkpoint latest] [--eval ../shared/data/TNO]
+    python bench/ship_weights.py runs/meta_exp/seed0/meta --name msrs_det --eval ../shared/data/TNO   # task-oriented run
 
 Copies the run's `final/` weights (or its latest checkpoint's) to `sfofusion/weights/<name>/` (model.safetensors,
 config.json), measures the evaluator's metrics on --eval pairs (full resolution, community conventions), and writes
 MODEL_CARD.md and card.json there from the run's own config and log. The training record (config, log, loss curve,
-result) is copied to bench/results/<run name>/.
+result; for task-oriented runs also the balance figure) is copied to bench/results/<run name>/ (--record to rename).
+Runs of `train_meta` (config with a `mode`) are described as task-oriented: task, mode, initial weights, final λ.
 """
 import argparse, datetime, json, shutil
 from pathlib import Path
@@ -15,7 +17,7 @@ import torch
 from sfofusion.core import atomic_write_bytes
 from sfofusion.model import SFOFusion, SFOFusionConfig, count_parameters, weights_dir
 from sfofusion.flops import count_flops
-from sfofusion.train import latest_checkpoint, validate, read_log
+from sfofusion.train import latest_checkpoint, validate, read_log, plot_log
 
 
 def main():
@@ -25,6 +27,7 @@ def main():
     p.add_argument('--checkpoint', default='final', help="'final' or 'latest'")
     p.add_argument('--eval', action='append', default=[], help='pair folders to evaluate on (repeatable)')
     p.add_argument('--eval-pairs', type=int, default=20)
+    p.add_argument('--record', help='folder name of the training record under bench/results (default: the run folder name)')
     a = p.parse_args()
     cfg = json.loads((a.run/'config.json').read_text())
     if a.checkpoint == 'final':
@@ -40,31 +43,52 @@ def main():
     model.save_pretrained(dest)
     metrics = {Path(d).name: validate(model, d, a.eval_pairs) for d in a.eval}
     fl = count_flops(model, 480, 640)
-    log = [r for r in read_log(a.run/'log.jsonl') if 'loss' in r]
+    log = {r['step']: r for r in read_log(a.run/'log.jsonl') if 'loss' in r}  # a resumed run re-logs steps: keep the last
+    log = [log[k] for k in sorted(log)]
+    res = json.loads((a.run/'result.json').read_text()) if (a.run/'result.json').is_file() else {}
+    mode = cfg.get('mode', 'fusion-only') if 'task' in cfg else 'fusion-only'
+    rec_name = a.record or a.run.name
     card = dict(name=a.name, date=datetime.date.today().isoformat(), step=step, planned_steps=cfg['steps'],
                 data=cfg['data'], crop=cfg['crop'], batch_size=cfg['batch_size'], lr=cfg['lr'], loss=cfg['loss'],
                 seed=cfg['seed'], device=cfg['device'], precision=cfg['precision'], params=count_parameters(model),
                 flops_640x480=fl['flops'], final_train_loss=log[-1]['loss'] if log else None,
                 eval={k: {m: round(v, 4) for m, v in d.items()} for k, d in metrics.items()},
-                eval_pairs=a.eval_pairs, record=f'bench/results/{a.run.name}/')
+                eval_pairs=a.eval_pairs, record=f'bench/results/{rec_name}/', mode=mode)
+    if mode != 'fusion-only':
+        card.update(task=cfg['task'], init_weights=cfg.get('init_weights') or None, init_task=cfg.get('init_task') or None,
+                    scale=cfg.get('scale'), holdout=cfg.get('holdout'), final_lambda=res.get('lam'),
+                    balance=cfg.get('balance'), alpha=cfg.get('alpha'))
     atomic_write_bytes(dest/'card.json', json.dumps(card, indent=1).encode())
     lines = [f"# SFOFusion model `{a.name}`", "",
-             f"Fusion-only SFOFusion network ({card['params']:,} parameters, {card['flops_640x480'] / 1e9:.2f} GFLOPs at 640×480),",
-             f"trained {step} of {cfg['steps']} planned steps on {', '.join(cfg['data'])} with the hand-made fusion loss",
+             (f"Fusion-only SFOFusion network ({card['params']:,} parameters, {card['flops_640x480'] / 1e9:.2f} GFLOPs at 640×480),"
+              if mode == 'fusion-only' else
+              f"Task-oriented SFOFusion network (mode `{mode}`, task {cfg['task']}; {card['params']:,} parameters, "
+              f"{card['flops_640x480'] / 1e9:.2f} GFLOPs at 640×480), started from `{cfg.get('init_weights') or 'random weights'}` and"),
+             (f"trained {step} of {cfg['steps']} planned steps on {', '.join(cfg['data'])} with the hand-made fusion loss"
+              if mode == 'fusion-only' else
+              f"trained {step} of {cfg['steps']} planned steps on {', '.join(cfg['data'])} (images scaled by {cfg.get('scale')}, "
+              f"{cfg.get('holdout')} pairs held out) with the {'learned (loss generator)' if mode == 'meta' else 'hand-made'} "
+              f"fusion loss plus λ × the detector's loss (final λ {res.get('lam', float('nan')):.3g})"),
              f"(crops {cfg['crop']}², batch {cfg['batch_size']}, AdamW lr {cfg['lr']}, warm-up + cosine, seed {cfg['seed']}, "
-             f"device {cfg['device']}, {cfg['precision']}). Packaged {card['date']}.", "",
-             "Evaluated with `sfofusion.metrics` (community conventions; fused image rounded to 8 bits; "
-             f"first {a.eval_pairs} pairs of each folder, full resolution):", "",
-             "| data | " + " | ".join(next(iter(metrics.values())).keys()) + " |",
-             "|---|" + "---|" * len(next(iter(metrics.values())))] if metrics else []
-    for k, d in metrics.items(): lines.append(f"| {k} | " + " | ".join(f"{v:.3f}" for v in d.values()) + " |")
+             f"device {cfg['device']}, {cfg['precision']}). Packaged {card['date']}.", ""]
+    if metrics:
+        lines += ["Evaluated with `sfofusion.metrics` (community conventions; fused image rounded to 8 bits; "
+                  f"first {a.eval_pairs} pairs of each folder, full resolution):", "",
+                  "| data | " + " | ".join(next(iter(metrics.values())).keys()) + " |",
+                  "|---|" + "---|" * len(next(iter(metrics.values())))]
+        lines += [f"| {k} | " + " | ".join(f"{v:.3f}" for v in d.values()) + " |" for k, d in metrics.items()]
     lines += ["", f"Training record: `{card['record']}` (config, JSONL log, loss curve, result).",
               "The data are published research datasets (see `../shared/data/SOURCES.md`); the weights inherit their terms."]
     atomic_write_bytes(dest/'MODEL_CARD.md', ('\n'.join(lines) + '\n').encode())
-    rec = Path('bench/results')/a.run.name
+    rec = Path('bench/results')/rec_name
     rec.mkdir(parents=True, exist_ok=True)
-    for f in ('config.json', 'log.jsonl', 'loss.png', 'result.json'):
+    for f in ('config.json', 'result.json', 'balance.png'):
         if (a.run/f).exists(): shutil.copy(a.run/f, rec/f)
+    # the log without the rows an interrupted run wrote past its last checkpoint (resuming logs those steps again)
+    rows = {}
+    for r in read_log(a.run/'log.jsonl'): rows[(r['step'], tuple(sorted(r)))] = r
+    atomic_write_bytes(rec/'log.jsonl', ''.join(json.dumps(r) + '\n' for _, r in sorted(rows.items(), key=lambda kv: kv[0][0])).encode())
+    if mode == 'fusion-only': plot_log(rec/'log.jsonl', rec/'loss.png')
     print((dest/'MODEL_CARD.md').read_text())
 
 

@@ -14,17 +14,17 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 
-from .core import FusionInputError, to_uint8
-from .data import get_dataset, SyntheticPairs, SYNTHETIC_CLASSES
+from .core import FusionInputError, atomic_write_bytes
+from .data import get_dataset, SyntheticPairs, SYNTHETIC_CLASSES, crop_boxes
 from .metrics import compute_metrics
-from .meta import MetaConfig, train_meta, Rescaled, holdout_split
+from .meta import MetaConfig, train_meta, Rescaled, holdout_split, MODES
 from .model import SFOFusion
-from .tasks import build_task
+from .tasks import build_task, save_task, load_task
 from .train import lr_at, TrainConfig
 
 # %% auto #0
-__all__ = ['BASELINES', 'fuse_with', 'DetectorRecipe', 'train_detector', 'ExperimentConfig', 'run_experiment', 'summarize',
-           'summary_markdown']
+__all__ = ['BASELINES', 'fuse_with', 'DetectorRecipe', 'detector_batch', 'train_detector', 'ExperimentConfig', 'read_rows',
+           'run_experiment', 'summarize', 'summary_markdown']
 
 # %% ../nbs/12_experiment.ipynb #8ec5e7b4
 BASELINES = ('ir', 'vis', 'average')
@@ -55,16 +55,38 @@ class DetectorRecipe:
     warmup_steps: int = 100
     weight_decay: float = 1e-4
     hflip: float = 0.5         # probability of a horizontal flip per image
+    crop: int|None = None      # train on random crop x crop windows (boxes clipped as in `FusionCrops`); None: whole images
     task_cfg: dict = field(default_factory=dict)  # DetectorConfig overrides
 
 def _flip_boxes(b: Tensor, w: int) -> Tensor: return torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
+
+def detector_batch(images: Tensor, # (N, 1, H, W) training images
+                   targets: list,  # per image: dict(boxes (n, 4) xyxy pixels, labels (n,))
+                   recipe: DetectorRecipe, g: torch.Generator,
+                  ) -> tuple[Tensor, list, list]: # (B, 1, h, w) images, boxes and labels per image
+    "One random training batch: images drawn with replacement, optionally cropped, flipped with their boxes."
+    n, (H, W), bs = len(images), images.shape[-2:], recipe.batch_size
+    ch, cw = (min(recipe.crop, H), min(recipe.crop, W)) if recipe.crop else (H, W)
+    idx = torch.randint(n, (bs,), generator=g).tolist()
+    flip = (torch.rand(bs, generator=g) < recipe.hflip).tolist()
+    if recipe.crop:
+        ys, xs = torch.randint(H - ch + 1, (bs,), generator=g).tolist(), torch.randint(W - cw + 1, (bs,), generator=g).tolist()
+    else: ys = xs = [0] * bs
+    x = torch.stack([images[i, :, y:y + ch, x0:x0 + cw] for i, y, x0 in zip(idx, ys, xs)])
+    x = torch.where(torch.tensor(flip, device=x.device)[:, None, None, None], x.flip(-1), x)
+    boxes, labels = [], []
+    for i, f, y, x0 in zip(idx, flip, ys, xs):
+        b, l = targets[i]['boxes'], targets[i]['labels']
+        if recipe.crop: b, l = crop_boxes(b, l, x0, y, cw, ch)
+        boxes.append((_flip_boxes(b, cw) if f else b).to(x.device)); labels.append(l.to(x.device))
+    return x, boxes, labels
 
 def train_detector(images: Tensor,  # (N, 1, H, W) training images in [0, 1]
                    targets: list,   # per image: dict(boxes (n, 4) xyxy pixels, labels (n,))
                    val_images: Tensor, val_targets: list, # held-out images and targets
                    recipe: DetectorRecipe, seed: int=0, device: str|torch.device='cpu',
                    num_classes: int=3, class_names=None,
-                  ) -> dict:        # COCO metrics on the held-out images (score = mAP@0.5) and seconds
+                  ) -> dict:        # COCO metrics on the held-out images (score = mAP@0.5), seconds, and the trained `head`
     "Train a fresh detector with `recipe` on `images` and score it on `val_images`."
     if len(images) != len(targets): raise FusionInputError(f"`targets`: expected {len(images)} entries, got {len(targets)}")
     dev = torch.device(device)
@@ -73,17 +95,11 @@ def train_detector(images: Tensor,  # (N, 1, H, W) training images in [0, 1]
     opt = torch.optim.AdamW(head.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     sched = TrainConfig(steps=recipe.steps, lr=recipe.lr, warmup_steps=recipe.warmup_steps)
     g = torch.Generator().manual_seed(seed)
-    W = images.shape[-1]
     imgs = images.to(dev)
     t0 = time.perf_counter()
     head.train()
     for step in range(recipe.steps):
-        idx = torch.randint(len(images), (recipe.batch_size,), generator=g)
-        flip = torch.rand(recipe.batch_size, generator=g) < recipe.hflip
-        x = imgs[idx]
-        x = torch.where(flip.to(dev)[:, None, None, None], x.flip(-1), x)
-        boxes = [(_flip_boxes(targets[i]['boxes'], W) if f else targets[i]['boxes']).to(dev) for i, f in zip(idx.tolist(), flip.tolist())]
-        labels = [targets[i]['labels'].to(dev) for i in idx.tolist()]
+        x, boxes, labels = detector_batch(imgs, targets, recipe, g)
         for pg in opt.param_groups: pg['lr'] = lr_at(step, sched)
         loss = head.loss(x, dict(boxes=boxes, labels=labels))
         opt.zero_grad(set_to_none=True); loss.backward()
@@ -91,9 +107,9 @@ def train_detector(images: Tensor,  # (N, 1, H, W) training images in [0, 1]
         opt.step()
     head.eval()
     res = head.evaluate(val_images.to(dev), val_targets)
-    return dict(res, seconds=time.perf_counter() - t0, final_loss=float(loss.detach()))
+    return dict(res, seconds=time.perf_counter() - t0, final_loss=float(loss.detach()), head=head)
 
-# %% ../nbs/12_experiment.ipynb #bf722d0f
+# %% ../nbs/12_experiment.ipynb #483f789f
 @dataclass
 class ExperimentConfig:
     "The meta-learning experiment."
@@ -106,8 +122,15 @@ class ExperimentConfig:
     variants: list = field(default_factory=lambda: ['ir', 'vis', 'average', 'fusion', 'direct', 'meta'])
     fusion: dict = field(default_factory=dict)   # MetaConfig overrides shared by the three SFOFusion variants
     recipe: dict = field(default_factory=dict)   # DetectorRecipe overrides
+    warm_task: bool = False        # start the variants' task head from a detector trained on the initial network's fusion
     device: str = 'cpu'
     out_dir: str = 'runs/meta_experiment'
+
+    def __post_init__(self):
+        bad = [v for v in self.variants if v not in BASELINES + MODES]
+        if bad: raise FusionInputError(f"`variants`: expected names from {BASELINES + MODES}, got {bad}")
+        if self.warm_task and not self.fusion.get('init_weights'):
+            raise FusionInputError("`warm_task`: needs fusion['init_weights'] (the fused images the warm detector learns from)")
 
 def _load_split(cfg: ExperimentConfig) -> tuple[dict, dict, int, tuple|None]:
     "(train, val) dicts of stacked ir/vis and target lists, number of classes, class names."
@@ -124,42 +147,90 @@ def _load_split(cfg: ExperimentConfig) -> tuple[dict, dict, int, tuple|None]:
                     targets=[dict(boxes=it['boxes'], labels=it['labels']) for it in its])
     return grab(tr), grab(va), ncls, names
 
+def read_rows(path: Path|str) -> list:
+    "The result rows of a (possibly interrupted) experiment: one JSON object per line; [] if there is no file."
+    path = Path(path)
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
+
+def _check_out_dir(cfg: ExperimentConfig, out: Path) -> None:
+    "Save the configuration in `out`, or refuse if `out` holds an experiment with a different one."
+    mine = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in ('seeds', 'device', 'out_dir')}
+    f = out/'experiment.json'
+    if f.is_file():
+        theirs = {k: v for k, v in json.loads(f.read_text()).items() if k not in ('seeds', 'device', 'out_dir')}
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if diff: raise FusionInputError(f"`out_dir`: {out} holds an experiment with other settings ({', '.join(diff)}); "
+                                        "use a new out_dir, or the same settings to continue it")
+    else: atomic_write_bytes(f, json.dumps(mine, indent=1).encode())
+
+def _warm_head(cfg, recipe, train, val, ncls, names, seed, folder: Path) -> str:
+    "Folder of this seed's warm task head, trained (with `recipe`) on the initial network's fused images unless saved."
+    if not (folder/'task.json').is_file():
+        init = SFOFusion.from_pretrained(cfg.fusion['init_weights']).to(cfg.device)
+        det = train_detector(fuse_with(init, train['ir'], train['vis']), train['targets'],
+                             fuse_with(init, val['ir'], val['vis']), val['targets'], recipe, seed=seed,
+                             device=cfg.device, num_classes=ncls, class_names=names)
+        save_task(det['head'], folder)
+        atomic_write_bytes(folder/'score.json', json.dumps({k: det[k] for k in ('map50', 'map', 'seconds')}).encode())
+    return str(folder)
+
+def _train_variant(cfg, mode, seed, ref, ncls, names, warm: str, out: Path) -> dict:
+    "Train (or read back) one SFOFusion variant; returns train_meta's result."
+    run = out/f'seed{seed}'/mode
+    if (run/'result.json').is_file() and (run/'final'/'model.safetensors').is_file():
+        return json.loads((run/'result.json').read_text())
+    mc = MetaConfig(**{**dict(data=[cfg.data] if cfg.data != 'synthetic' else ['synthetic'], scale=cfg.scale,
+                              holdout=cfg.holdout, synthetic_pairs=cfg.synthetic_pairs, progress=False),
+                       **cfg.fusion, 'mode': mode, 'seed': seed, 'device': cfg.device, 'init_task': warm,
+                       'reference_metrics': ref, 'out_dir': str(run)})
+    if cfg.data != 'synthetic': mc = mc.override(task_cfg={**mc.task_cfg, 'num_classes': ncls, 'class_names': names})
+    return train_meta(mc, resume=True)
+
 def run_experiment(cfg: ExperimentConfig) -> dict:
-    "Run every variant for every seed; returns per-run rows and a summary table (also written to out_dir)."
+    "Run every variant for every seed (continuing an interrupted run); returns rows, summary and costs (also in out_dir)."
     out = Path(cfg.out_dir); out.mkdir(parents=True, exist_ok=True)
+    _check_out_dir(cfg, out)
+    done = {(r['variant'], r['seed']) for r in read_rows(out/'rows.jsonl')}
     train, val, ncls, names = _load_split(cfg)
     recipe = DetectorRecipe(**cfg.recipe)
-    rows, costs = [], {}
     for seed in cfg.seeds:
-        nets, ref = {}, {}
-        for mode in [m for m in ('fusion', 'direct', 'meta') if m in cfg.variants]:
-            mc = MetaConfig(**{**dict(data=[cfg.data] if cfg.data != 'synthetic' else ['synthetic'], scale=cfg.scale,
-                                      holdout=cfg.holdout, synthetic_pairs=cfg.synthetic_pairs, progress=False),
-                               **cfg.fusion, 'mode': mode, 'seed': seed, 'device': cfg.device,
-                               'reference_metrics': ref, 'out_dir': str(out/f'seed{seed}'/mode)})
-            if cfg.data != 'synthetic': mc = mc.override(task_cfg={**mc.task_cfg, 'num_classes': ncls, 'class_names': names})
-            res = train_meta(mc)
+        todo = [v for v in cfg.variants if (v, seed) not in done]
+        if not todo: continue
+        warm = _warm_head(cfg, recipe, train, val, ncls, names, seed, out/f'seed{seed}'/'warm_task') if cfg.warm_task else ''
+        nets, ref, cost = {}, {}, {}
+        for mode in [m for m in MODES if m in cfg.variants]:
+            res = _train_variant(cfg, mode, seed, ref, ncls, names, warm, out)
             if mode == 'fusion' and res['val']:  # this seed's fusion-only model is the reference of the other two
                 ref = {k: res['val'][k] for k in ('VIF', 'Qabf', 'SSIM')}
-            nets[mode] = SFOFusion.from_pretrained(out/f'seed{seed}'/mode/'final').to(cfg.device)
-            costs.setdefault(mode, []).append(res['s_per_step'])
-        for v in cfg.variants:
-            fuser = nets[v] if v in nets else v
+            if mode in todo: nets[mode] = SFOFusion.from_pretrained(out/f'seed{seed}'/mode/'final').to(cfg.device)
+            cost[mode] = res['s_per_step']
+        for v in todo:
+            fuser = nets.get(v, v)
             ftr, fva = fuse_with(fuser, train['ir'], train['vis']), fuse_with(fuser, val['ir'], val['vis'])
             det = train_detector(ftr, train['targets'], fva, val['targets'], recipe, seed=seed, device=cfg.device,
                                  num_classes=ncls, class_names=names)
             m = compute_metrics(torch.round(fva * 255), torch.round(val['ir'] * 255), torch.round(val['vis'] * 255),
                                 metrics=['EN', 'SD', 'SF', 'MI', 'VIF', 'Qabf', 'SSIM'])
             row = dict(variant=v, seed=seed, map50=det['map50'], map=det['map'], det_seconds=det['seconds'],
+                       **({'train_s_per_step': cost[v]} if v in cost else {}),
                        **{k: float(torch.nanmean(t)) for k, t in m.items()})
-            rows.append(row)
-            with open(out/'rows.jsonl', 'a') as f: f.write(json.dumps(row) + '\n')
-    summary = summarize(rows, costs)
-    (out/'summary.json').write_text(json.dumps(dict(config=asdict(cfg), rows=rows, summary=summary, cost=costs), indent=1))
+            with open(out/'rows.jsonl', 'a') as f: f.write(json.dumps(row) + '\n')  # one line per finished run
+    rows = [r for r in read_rows(out/'rows.jsonl') if r['variant'] in cfg.variants]  # every seed finished so far
+    summary, costs = summarize(rows), _costs(rows)
+    atomic_write_bytes(out/'summary.json', json.dumps(dict(config=asdict(cfg), rows=rows, summary=summary, cost=costs), indent=1).encode())
     return dict(rows=rows, summary=summary, cost=costs)
 
-def summarize(rows: list, costs: dict) -> list:
+def _costs(rows: list) -> dict:
+    out = {}
+    for r in rows:
+        if r.get('train_s_per_step'): out.setdefault(r['variant'], []).append(r['train_s_per_step'])
+    return out
+
+def summarize(rows: list,          # result rows (see `run_experiment`)
+              costs: dict|None=None, # seconds per training step per variant; None: from the rows' `train_s_per_step`
+             ) -> list:
     "Mean and spread over seeds per variant, with training cost relative to fusion-only."
+    costs = _costs(rows) if costs is None else costs
     out = []
     for v in dict.fromkeys(r['variant'] for r in rows):
         rs = [r for r in rows if r['variant'] == v]

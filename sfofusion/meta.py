@@ -192,7 +192,7 @@ from .train import (TrainConfig, lr_at, epoch_batches, save_step_checkpoint, loa
                              _setup_distributed, _autocast, _log, read_log, replica_max_diff, save_on_interrupt)
 from .data import get_dataset, FusionCrops, SyntheticPairs, collate_fusion, SYNTHETIC_CLASSES
 from .model import SFOFusion, SFOFusionConfig, build_model
-from .tasks import build_task, save_task
+from .tasks import build_task, save_task, load_task
 from .metrics import compute_metrics
 
 MODES = ('fusion', 'direct', 'meta')
@@ -214,7 +214,7 @@ class MetaConfig(TrainConfig):
     holdout: int = 0                # pairs of the (first) task dataset held out for validation (fixed split)
     steps_per_epoch: int = 0        # steps between balance updates (0: one pass over the training data)
     val_pairs: int = 0              # validate on at most this many held-out pairs (0: all)
-    init_weights: str = ''          # start the fusion network from these weights (a fusion-only model folder)
+    init_task: str = ''             # start the task head from these weights (a `save_task` folder): a judge that already knows the task
     reference_metrics: dict = field(default_factory=dict)  # fusion-only VIF/Qabf/SSIM on the held-out pairs ({}: measure the initial network)
 
     def __post_init__(self):
@@ -286,7 +286,9 @@ def train_meta(cfg: MetaConfig,            # the run's configuration
     torch.manual_seed(cfg.seed)
     model = (SFOFusion.from_pretrained(cfg.init_weights) if cfg.init_weights else build_model(SFOFusionConfig(**cfg.model))).to(dev)
     model.train()
-    head = build_task(cfg.task, **_task_kwargs(cfg)).to(dev)
+    head = (load_task(cfg.init_task) if cfg.init_task else build_task(cfg.task, **_task_kwargs(cfg))).to(dev)
+    head.train()
+    if head.kind != cfg.task: raise FusionInputError(f"`init_task`: expected a {cfg.task} head, got a {head.kind} head from {cfg.init_task}")
     gen = LossGenerator(LossGenConfig(**cfg.gen)).to(dev)
     loss_fn = FusionLoss(LossConfig(**cfg.loss)).to(dev)
     bcfg = BalanceConfig(**cfg.balance)

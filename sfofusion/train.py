@@ -17,7 +17,7 @@ from torch import nn, Tensor
 from safetensors.torch import save_file, load_file
 
 from .core import FusionInputError, atomic_write_bytes, find_pairs, load_pair, load_gray255, to_uint8
-from .model import SFOFusionConfig, build_model
+from .model import SFOFusion, SFOFusionConfig, build_model
 from .losses import FusionLoss, LossConfig
 from .data import get_dataset, FusionCrops, SyntheticPairs, collate_fusion
 from .metrics import compute_metrics
@@ -45,6 +45,7 @@ class TrainConfig:
     grad_clip: float = 1.0          # max global gradient norm (0 = off)
     loss: dict = field(default_factory=dict)   # overrides of LossConfig fields
     model: dict = field(default_factory=dict)  # overrides of SFOFusionConfig fields
+    init_weights: str = ''          # fine-tune: start from these weights (a shipped name or a model folder); '' = fresh init
     seed: int = 0
     device: str = 'auto'            # 'auto' = cuda if available else cpu
     precision: str = 'fp32'         # 'fp32', or on CUDA 'bf16' / 'fp16' autocast
@@ -289,7 +290,8 @@ def train(cfg: TrainConfig,           # the run's configuration
     out = Path(cfg.out_dir)
     if rank == 0: out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = build_model(SFOFusionConfig(**cfg.model)).to(dev)
+    model = (SFOFusion.from_pretrained(cfg.init_weights) if cfg.init_weights else build_model(SFOFusionConfig(**cfg.model))).to(dev)
+    model.train()
     loss_fn = FusionLoss(LossConfig(**cfg.loss)).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler('cuda', enabled=(cfg.precision == 'fp16' and dev.type == 'cuda'))
