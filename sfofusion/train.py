@@ -24,8 +24,8 @@ from .metrics import compute_metrics
 
 # %% auto #0
 __all__ = ['VAL_METRICS', 'TrainConfig', 'lr_at', 'build_train_dataset', 'collate_pairs', 'epoch_batches', 'save_checkpoint',
-           'load_checkpoint', 'save_step_checkpoint', 'latest_checkpoint', 'validate', 'replica_max_diff',
-           'save_on_interrupt', 'train', 'read_log', 'plot_log']
+           'load_checkpoint', 'save_step_checkpoint', 'latest_checkpoint', 'validate', 'initial_model',
+           'replica_max_diff', 'save_on_interrupt', 'train', 'read_log', 'plot_log']
 
 # %% ../nbs/07_train.ipynb #88bb8162
 @dataclass
@@ -45,7 +45,7 @@ class TrainConfig:
     grad_clip: float = 1.0          # max global gradient norm (0 = off)
     loss: dict = field(default_factory=dict)   # overrides of LossConfig fields
     model: dict = field(default_factory=dict)  # overrides of SFOFusionConfig fields
-    init_weights: str = ''          # fine-tune: start from these weights (a shipped name or a model folder); '' = fresh init
+    init_weights: str = ''          # fine-tune: start from these weights (a shipped name or a model folder; `model` then overrides its config)
     seed: int = 0
     device: str = 'auto'            # 'auto' = cuda if available else cpu
     precision: str = 'fp32'         # 'fp32', or on CUDA 'bf16' / 'fp16' autocast
@@ -234,6 +234,17 @@ def validate(model: nn.Module, folder: Path|str, max_pairs: int=8, metrics=VAL_M
     return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]} if rows else {}
 
 # %% ../nbs/07_train.ipynb #2724e15e
+def initial_model(cfg: TrainConfig) -> SFOFusion:
+    "The network a run starts from: fresh, or `init_weights` (with `cfg.model` overriding its saved config)."
+    if not cfg.init_weights: return build_model(SFOFusionConfig(**cfg.model))
+    model = SFOFusion.from_pretrained(cfg.init_weights)
+    if cfg.model:  # e.g. fine-tune with output_norm='none': the same weights in a network built with the overrides
+        new = build_model(SFOFusionConfig(**{**dataclasses.asdict(model.config), **cfg.model}))
+        new.load_state_dict(model.state_dict())
+        model = new
+    return model
+
+# %% ../nbs/07_train.ipynb #ae81338a
 def _setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     "(rank, world size, device); initialises torch.distributed when launched by torchrun."
     world = int(os.environ.get('WORLD_SIZE', '1'))
@@ -290,7 +301,7 @@ def train(cfg: TrainConfig,           # the run's configuration
     out = Path(cfg.out_dir)
     if rank == 0: out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = (SFOFusion.from_pretrained(cfg.init_weights) if cfg.init_weights else build_model(SFOFusionConfig(**cfg.model))).to(dev)
+    model = initial_model(cfg).to(dev)
     model.train()
     loss_fn = FusionLoss(LossConfig(**cfg.loss)).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
