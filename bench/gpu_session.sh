@@ -17,7 +17,8 @@ for prec in bf16 fp32; do
 done
 echo "=== meta-learning experiment"
 timeout ${EXP_TIMEOUT:-400} python3 bench/meta_experiment.py --data msrs:.gpudata/MSRS/test --scale 1 --device cuda \
-    --seeds 0,1 --fusion-steps ${FUSION_STEPS:-300} --det-steps ${DET_STEPS:-600} --out /tmp/exp
+    --seeds 0,1,2 --fusion-steps ${FUSION_STEPS:-300} --fusion-lr 5e-4 --det-steps ${DET_STEPS:-600} \
+    --init-weights sfofusion/weights/msrs --warm-task --out /tmp/exp
 cp /tmp/exp/rows.jsonl /tmp/exp/summary.json $OUT/ 2>/dev/null
 for m in fusion meta; do cp /tmp/exp/seed0/$m/log.jsonl $OUT/log_$m.jsonl 2>/dev/null; done
 ls -la $OUT

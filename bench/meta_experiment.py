@@ -22,16 +22,22 @@ def main():
     p.add_argument('--steps-per-epoch', type=int, default=100)
     p.add_argument('--det-steps', type=int, default=800)
     p.add_argument('--det-batch', type=int, default=16)
+    p.add_argument('--det-crop', type=int, default=0, help='detector trains on random crops of this size (0: whole images)')
+    p.add_argument('--fusion-lr', type=float, default=2e-3)
+    p.add_argument('--init-weights', default='', help='start the SFOFusion variants from this fusion-only model')
+    p.add_argument('--warm-task', action='store_true', help='and their task head from a detector trained on its fused images')
     p.add_argument('--device', default='cpu')
     p.add_argument('--precision', default='fp32')
     p.add_argument('--out', default='runs/meta_experiment')
     p.add_argument('--json', action='store_true')
     a = p.parse_args()
     cfg = ExperimentConfig(data=a.data, scale=a.scale, holdout=a.holdout, seeds=[int(s) for s in a.seeds.split(',')],
-                           device=a.device, out_dir=a.out,
+                           device=a.device, out_dir=a.out, warm_task=a.warm_task,
                            fusion=dict(steps=a.fusion_steps, batch_size=a.fusion_batch, crop=a.crop, precision=a.precision,
-                                       steps_per_epoch=a.steps_per_epoch, warmup_steps=min(50, a.fusion_steps // 10)),
-                           recipe=dict(steps=a.det_steps, batch_size=a.det_batch, warmup_steps=min(100, a.det_steps // 10)))
+                                       lr=a.fusion_lr, steps_per_epoch=a.steps_per_epoch, warmup_steps=min(50, a.fusion_steps // 10),
+                                       **({'init_weights': a.init_weights} if a.init_weights else {})),
+                           recipe=dict(steps=a.det_steps, batch_size=a.det_batch, warmup_steps=min(100, a.det_steps // 10),
+                                       crop=a.det_crop or None))
     res = run_experiment(cfg)
     print(summary_markdown(res['summary']))
     if a.json: print(json.dumps(res['summary']))

@@ -24,7 +24,7 @@ from .train import lr_at, TrainConfig
 
 # %% auto #0
 __all__ = ['BASELINES', 'fuse_with', 'DetectorRecipe', 'detector_batch', 'train_detector', 'ExperimentConfig', 'read_rows',
-           'run_experiment', 'summarize', 'summary_markdown']
+           'run_experiment', 'summarize', 'summary_markdown', 'paired_gains']
 
 # %% ../nbs/12_experiment.ipynb #8ec5e7b4
 BASELINES = ('ir', 'vis', 'average')
@@ -217,7 +217,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
             with open(out/'rows.jsonl', 'a') as f: f.write(json.dumps(row) + '\n')  # one line per finished run
     rows = [r for r in read_rows(out/'rows.jsonl') if r['variant'] in cfg.variants]  # every seed finished so far
     summary, costs = summarize(rows), _costs(rows)
-    atomic_write_bytes(out/'summary.json', json.dumps(dict(config=asdict(cfg), rows=rows, summary=summary, cost=costs), indent=1).encode())
+    config = dict(asdict(cfg), seeds=sorted({r['seed'] for r in rows}))  # the seeds in the rows, whichever process ran them
+    atomic_write_bytes(out/'summary.json', json.dumps(dict(config=config, rows=rows, summary=summary, cost=costs), indent=1).encode())
     return dict(rows=rows, summary=summary, cost=costs)
 
 def _costs(rows: list) -> dict:
@@ -251,3 +252,10 @@ def summary_markdown(summary: list) -> str:
         lines.append(f"| {d['variant']} | {d['map50']:.3f} ± {d['map50_sd']:.3f} | {d['map']:.3f} ± {d['map_sd']:.3f} | "
                      f"{d['VIF']:.3f} | {d['Qabf']:.3f} | {d['SSIM']:.3f} | {d['EN']:.2f} | {d['SD']:.1f} | {c} |")
     return '\n'.join(lines)
+
+# %% ../nbs/12_experiment.ipynb #f90c6b00
+def paired_gains(rows: list, base: str='fusion', metric: str='map50') -> dict:
+    "Per variant: `metric` minus that of `base` for each seed that has both ({variant: {seed: difference}})."
+    by = {(r['variant'], r['seed']): r[metric] for r in rows}
+    return {v: {s: by[(v, s)] - by[(base, s)] for (v2, s) in by if v2 == v and (base, s) in by}
+            for v in dict.fromkeys(r['variant'] for r in rows) if v != base}

@@ -239,3 +239,21 @@ def test_compile_inductor(model):
     f = torch.compile(model.fuse)
     ir, vis = _pair(1, 40, 52)
     with torch.inference_mode(): torch.testing.assert_close(f(ir, vis)['fused'], model(ir, vis), atol=1e-5, rtol=0)
+
+
+def test_shipped_models_and_cards():
+    "The shipped models load (safetensors only) and each carries a model card whose facts match the weights."
+    names = M.shipped_models()
+    assert {'msrs', 'msrs_det'} <= set(names), names
+    outs = {}
+    x = torch.rand(1, 1, 40, 56, generator=torch.Generator().manual_seed(0))
+    y = torch.rand(1, 1, 40, 56, generator=torch.Generator().manual_seed(1))
+    for n in names:
+        folder = M.weights_dir() / n
+        card = json.loads((folder / 'card.json').read_text())
+        assert card['name'] == n and (folder / 'MODEL_CARD.md').is_file()
+        net = SFOFusion.from_pretrained(n).eval()
+        assert count_parameters(net) == card['params'] and card['step'] == card['planned_steps']
+        assert (Path(__file__).parents[1] / card['record']).is_dir(), card['record']   # the training record is in the repository
+        with torch.no_grad(): outs[n] = net(x, y)
+    assert not torch.equal(outs['msrs'], outs['msrs_det'])   # the task-oriented fine-tune changed the network
