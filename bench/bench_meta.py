@@ -12,7 +12,7 @@ checkpoints) and reports the mean time of the timed steps (the first `--warmup` 
     OMP_NUM_THREADS=1 python bench/bench_meta.py --data msrs:../shared/data/MSRS/test --scale 0.5
     python bench/bench_meta.py --device cuda --json
 """
-import argparse, json, tempfile, time
+import argparse, json, tempfile
 
 import torch
 

@@ -12,8 +12,6 @@ Runs of `train_meta` (config with a `mode`) are described as task-oriented: task
 import argparse, datetime, json, shutil
 from pathlib import Path
 
-import torch
-
 from sfofusion.core import atomic_write_bytes
 from sfofusion.model import SFOFusion, SFOFusionConfig, count_parameters, weights_dir
 from sfofusion.flops import count_flops

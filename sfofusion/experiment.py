@@ -19,7 +19,7 @@ from .data import get_dataset, SyntheticPairs, SYNTHETIC_CLASSES, crop_boxes
 from .metrics import compute_metrics
 from .meta import MetaConfig, train_meta, Rescaled, holdout_split, MODES
 from .model import SFOFusion
-from .tasks import build_task, save_task, load_task
+from .tasks import build_task, save_task
 from .train import lr_at, TrainConfig
 
 # %% auto #0
