@@ -1,21 +1,42 @@
 """Package a training run's weights into the library as a shipped model, with a model card.
 
-    python bench/ship_weights.py runs/real_cpu_long --name msrs [--checkpoint latest] [--eval ../shared/data/TNO]
-    python bench/ship_weights.py runs/meta_exp/seed0/meta --name msrs_det --eval ../shared/data/TNO   # task-oriented run
+    python bench/ship_weights.py runs/msrs --name msrs [--checkpoint latest] \
+        --eval msrs_val50=../shared/data/MSRS/test@data/splits/msrs_val50.txt --eval tno=../shared/data/TNO
+    python bench/ship_weights.py runs/meta_exp/seed0/meta --name msrs_det --eval tno=../shared/data/TNO   # task-oriented run
 
 Copies the run's `final/` weights (or its latest checkpoint's) to `sfofusion/weights/<name>/` (model.safetensors,
-config.json), measures the evaluator's metrics on --eval pairs (full resolution, community conventions), and writes
+config.json), measures the evaluator's metrics on --eval pairs (LABEL=FOLDER, optionally @NAMES_FILE to take only the listed pairs;
+full resolution, community conventions), and writes
 MODEL_CARD.md and card.json there from the run's own config and log. The training record (config, log, loss curve,
 result; for task-oriented runs also the balance figure) is copied to bench/results/<run name>/ (--record to rename).
 Runs of `train_meta` (config with a `mode`) are described as task-oriented: task, mode, initial weights, final λ.
 """
-import argparse, datetime, json, shutil
+import argparse, dataclasses, datetime, json, shutil
 from pathlib import Path
 
 from sfofusion.core import atomic_write_bytes
+from sfofusion.losses import LossConfig
 from sfofusion.model import SFOFusion, SFOFusionConfig, count_parameters, weights_dir
 from sfofusion.flops import count_flops
 from sfofusion.train import latest_checkpoint, validate, read_log, plot_log
+
+
+def describe_data(cfg: dict) -> list[str]:
+    "The training data by dataset, split and pair count, with the name lists that were kept out (no machine paths)."
+    from sfofusion.data import get_dataset
+    from sfofusion.train import read_names
+    excluded = read_names(cfg.get('exclude', []))
+    lists = ', '.join(str(e).lstrip('@') for e in cfg.get('exclude', []))
+    out = []
+    for spec in cfg['data']:
+        if ':' not in spec: out.append(spec); continue
+        name, root = spec.split(':', 1)
+        ds = get_dataset(name, root, boxes=False, masks=False)
+        kept = [p for p in ds.pairs if p.name not in excluded]
+        split = f" {Path(root).name} split" if Path(root).name.lower() in ('train', 'test', 'val') else ''
+        out.append(f"{type(ds).__name__}{split}: {len(kept)} of {len(ds)} pairs" +
+                   (f" (without {lists})" if len(kept) < len(ds) else ''))
+    return out
 
 
 def main():
@@ -23,8 +44,8 @@ def main():
     p.add_argument('run', type=Path)
     p.add_argument('--name', required=True)
     p.add_argument('--checkpoint', default='final', help="'final' or 'latest'")
-    p.add_argument('--eval', action='append', default=[], help='pair folders to evaluate on (repeatable)')
-    p.add_argument('--eval-pairs', type=int, default=20)
+    p.add_argument('--eval', action='append', default=[], help='LABEL=FOLDER[@NAMES_FILE] to evaluate on (repeatable)')
+    p.add_argument('--eval-pairs', type=int, default=0, help='at most this many pairs of each (0: all)')
     p.add_argument('--record', help='folder name of the training record under bench/results (default: the run folder name)')
     a = p.parse_args()
     cfg = json.loads((a.run/'config.json').read_text())
@@ -39,7 +60,11 @@ def main():
         model.load_state_dict(load_file(str(ck/'model.safetensors')))
     dest = weights_dir()/a.name
     model.save_pretrained(dest)
-    metrics = {Path(d).name: validate(model, d, a.eval_pairs) for d in a.eval}
+    metrics = {}
+    for spec in a.eval:
+        label, _, where = spec.rpartition('=')
+        folder, _, names = where.partition('@')
+        metrics[label or Path(folder).name] = validate(model, folder, a.eval_pairs or None, names=f'@{names}' if names else None)
     fl = count_flops(model, 480, 640)
     log = {r['step']: r for r in read_log(a.run/'log.jsonl') if 'loss' in r}  # a resumed run re-logs steps: keep the last
     log = [log[k] for k in sorted(log)]
@@ -47,7 +72,8 @@ def main():
     mode = cfg.get('mode', 'fusion-only') if 'task' in cfg else 'fusion-only'
     rec_name = a.record or a.run.name
     card = dict(name=a.name, date=datetime.date.today().isoformat(), step=step, planned_steps=cfg['steps'],
-                data=cfg['data'], crop=cfg['crop'], batch_size=cfg['batch_size'], lr=cfg['lr'], loss=cfg['loss'],
+                data=describe_data(cfg), crop=cfg['crop'], batch_size=cfg['batch_size'], lr=cfg['lr'],
+                loss=dataclasses.asdict(LossConfig(**cfg['loss'])),   # resolved: what the run used, not just its overrides
                 seed=cfg['seed'], device=cfg['device'], precision=cfg['precision'], params=count_parameters(model),
                 flops_640x480=fl['flops'], final_train_loss=log[-1]['loss'] if log else None,
                 eval={k: {m: round(v, 4) for m, v in d.items()} for k, d in metrics.items()},
@@ -62,16 +88,16 @@ def main():
               if mode == 'fusion-only' else
               f"Task-oriented SFOFusion network (mode `{mode}`, task {cfg['task']}; {card['params']:,} parameters, "
               f"{card['flops_640x480'] / 1e9:.2f} GFLOPs at 640×480), started from `{cfg.get('init_weights') or 'random weights'}` and"),
-             (f"trained {step} of {cfg['steps']} planned steps on {', '.join(cfg['data'])} with the hand-made fusion loss"
+             (f"trained {step} of {cfg['steps']} planned steps on {'; '.join(card['data'])} with the hand-made fusion loss ({', '.join(f'{k}={v}' for k, v in card['loss'].items())})"
               if mode == 'fusion-only' else
-              f"trained {step} of {cfg['steps']} planned steps on {', '.join(cfg['data'])} (images scaled by {cfg.get('scale')}, "
+              f"trained {step} of {cfg['steps']} planned steps on {'; '.join(card['data'])} (images scaled by {cfg.get('scale')}, "
               f"{cfg.get('holdout')} pairs held out) with the {'learned (loss generator)' if mode == 'meta' else 'hand-made'} "
               f"fusion loss plus λ × the detector's loss (final λ {res.get('lam', float('nan')):.3g})"),
              f"(crops {cfg['crop']}², batch {cfg['batch_size']}, AdamW lr {cfg['lr']}, warm-up + cosine, seed {cfg['seed']}, "
              f"device {cfg['device']}, {cfg['precision']}). Packaged {card['date']}.", ""]
     if metrics:
         lines += ["Evaluated with `sfofusion.metrics` (community conventions; fused image rounded to 8 bits; "
-                  f"first {a.eval_pairs} pairs of each folder, full resolution):", "",
+                  f"{'first ' + str(a.eval_pairs) + ' pairs' if a.eval_pairs else 'all pairs'} of each set, full resolution):", "",
                   "| data | " + " | ".join(next(iter(metrics.values())).keys()) + " |",
                   "|---|" + "---|" * len(next(iter(metrics.values())))]
         lines += [f"| {k} | " + " | ".join(f"{v:.3f}" for v in d.values()) + " |" for k, d in metrics.items()]

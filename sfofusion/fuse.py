@@ -20,7 +20,7 @@ from .core import (
     IMAGE_EXTS, FusionInputError, check_image, check_same_size, is_grey, read_image, rgb_to_ycbcr, save_image, to_tensor,
     to_uint8, ycbcr_to_rgb)
 from .data import synthetic_pair
-from .model import SFOFusion, normalize_per_image
+from .model import SFOFusion, normalize_per_image, source_select
 
 # %% auto #0
 __all__ = ['TILE_PIXELS', 'DEFAULT_TILE', 'DEFAULT_OVERLAP', 'resolve_model', 'as_input', 'fuse_tiled', 'fuse', 'FuseReport',
@@ -92,11 +92,19 @@ def _window(n: int, s: int, t: int, overlap: int) -> Tensor:
     if s + t < n: w[t - k:] = torch.minimum(w[t - k:], ramp[:k].flip(0))
     return w
 
+def _per_image_step(model: nn.Module) -> str|None:
+    "Which whole-image step `model` ends with: 'select' (residual centring), 'minmax' (stretch) or None."
+    if not isinstance(model, SFOFusion): return None
+    c = model.config
+    return 'select' if c.output_head == 'select' else ('minmax' if c.output_norm == 'minmax' else None)
+
 def _fuse_unnormalised(model: nn.Module, ir: Tensor, vis: Tensor) -> Tensor:
-    "The network's output before its per-image min-max stretch (for SFOFusion), else its plain output."
-    if isinstance(model, SFOFusion) and model.config.output_norm == 'minmax':
-        return torch.sigmoid(model.fuse(ir, vis, aux=True)['logits']).to(ir.dtype)
-    return model(ir, vis)
+    "What tiles blend: (B, 2, h, w) IR share and raw residual for the 'select' head, sigmoid(logits) before a min-max stretch, else the output."
+    step = _per_image_step(model)
+    if step is None: return model(ir, vis)
+    o = model.fuse(ir, vis, aux=True)
+    if step == 'select': return torch.cat([o['select'], o['head'][:, 1:2]], 1).to(ir.dtype)
+    return torch.sigmoid(o['logits']).to(ir.dtype)
 
 def fuse_tiled(model: nn.Module,  # fusion network taking (B, 1, h, w) IR and VIS
                ir: Tensor,        # (B, 1, H, W) infrared, float in [0, 1]
@@ -105,7 +113,7 @@ def fuse_tiled(model: nn.Module,  # fusion network taking (B, 1, h, w) IR and VI
                overlap: int=DEFAULT_OVERLAP, # overlap of neighbouring tiles in pixels; 0 <= overlap <= tile // 2
                context: int|None=None,      # image margin fed around each tile and cropped away (default 2 * overlap)
               ) -> Tensor:        # (B, 1, H, W) fused luminance in [0, 1]
-    "Fuse tile by tile with smooth blending and one per-image normalisation of the assembled result."
+    "Fuse tile by tile with smooth blending, and the network's per-image step once on the assembled result."
     check_image(ir, 'ir', channels=1); check_image(vis, 'vis', channels=1); check_same_size(ir, vis, 'ir', 'vis')
     if not isinstance(tile, int) or tile < 16: raise FusionInputError(f"`tile`: expected an integer >= 16, got {tile!r}")
     if not isinstance(overlap, int) or not 0 <= overlap <= tile // 2:
@@ -114,7 +122,8 @@ def fuse_tiled(model: nn.Module,  # fusion network taking (B, 1, h, w) IR and VI
     if not isinstance(m, int) or m < 0: raise FusionInputError(f"`context`: expected an integer >= 0 or None, got {context!r}")
     B, _, H, W = ir.shape
     th, tw = min(tile, H), min(tile, W)
-    acc = torch.zeros(B, 1, H, W, dtype=torch.float64, device=ir.device)   # weighted sum of tile outputs
+    step = _per_image_step(model)
+    acc = torch.zeros(B, 2 if step == 'select' else 1, H, W, dtype=torch.float64, device=ir.device)  # weighted sum of tile outputs
     wsum = torch.zeros(1, 1, H, W, dtype=torch.float64, device=ir.device)  # summed weights
     with torch.inference_mode():
         for y0 in _starts(H, th, th - overlap):
@@ -124,12 +133,14 @@ def fuse_tiled(model: nn.Module,  # fusion network taking (B, 1, h, w) IR and VI
                 win = (wy[:, None] * _window(W, x0, tw, overlap).to(ir.device)[None])[None, None]  # (1, 1, th, tw)
                 xa, xb = max(0, x0 - m), min(W, x0 + tw + m)
                 out = _fuse_unnormalised(model, ir[..., ya:yb, xa:xb], vis[..., ya:yb, xa:xb])
-                out = out[..., y0 - ya:y0 - ya + th, x0 - xa:x0 - xa + tw]  # (B, 1, th, tw): the margin cropped away
+                out = out[..., y0 - ya:y0 - ya + th, x0 - xa:x0 - xa + tw]  # (B, C, th, tw): the margin cropped away
                 acc[..., y0:y0 + th, x0:x0 + tw] += win * out
                 wsum[..., y0:y0 + th, x0:x0 + tw] += win
         fused = acc / wsum
-        if isinstance(model, SFOFusion) and model.config.output_norm == 'minmax':
-            fused = normalize_per_image(fused, model.config.norm_eps)
+        if step == 'minmax': fused = normalize_per_image(fused, model.config.norm_eps)
+        if step == 'select':  # the head's own composition, once on the whole image: blend + centred residual, clipped
+            s, r = fused[:, :1], fused[:, 1:]
+            fused = torch.clamp(vis + s * (ir - vis) + r - r.mean((-2, -1), keepdim=True), 0, 1)
     return fused.to(ir.dtype)
 
 # %% ../nbs/13_fuse.ipynb #8994d0aa

@@ -16,8 +16,8 @@ from torch import Tensor
 from .core import FusionInputError, check_image
 
 # %% auto #0
-__all__ = ['REDUCTIONS', 'AMP_EPS', 'intensity_loss', 'sobel_magnitude', 'gradient_loss', 'ssim_loss', 'log_amplitude',
-           'frequency_loss', 'LossConfig', 'fusion_loss', 'FusionLoss']
+__all__ = ['REDUCTIONS', 'GRADIENT_MODES', 'AMP_EPS', 'intensity_loss', 'sobel_gradient', 'sobel_magnitude', 'gradient_loss',
+           'ssim_loss', 'log_amplitude', 'frequency_loss', 'LossConfig', 'fusion_loss', 'FusionLoss']
 
 # %% ../nbs/06_losses.ipynb #3ff9aeb5
 REDUCTIONS = ('mean', 'sum', 'none')
@@ -60,27 +60,42 @@ def _intensity(fused, ir, vis, w, reduction):
     return _reduce((fused - target).abs(), reduction)
 
 # %% ../nbs/06_losses.ipynb #66432c68
+GRADIENT_MODES = ('signed', 'magnitude')
+
+def sobel_gradient(x: Tensor, # (B, C, H, W) float
+                  ) -> Tensor: # (B, C, 2, H, W): d/dx, d/dy per pixel (normalised Sobel, replicated border)
+    "Sobel derivatives of each image, in grey levels per pixel."
+    return kornia.filters.spatial_gradient(x, mode='sobel', order=1, normalized=True)
+
 def sobel_magnitude(x: Tensor, # (B, C, H, W) float
                    ) -> Tensor: # (B, C, H, W): |d/dx| + |d/dy|, per-pixel change (normalised Sobel, replicated border)
     "Sobel gradient magnitude as the sum of absolute derivatives."
-    g = kornia.filters.spatial_gradient(x, mode='sobel', order=1, normalized=True)  # (B, C, 2, H, W)
-    return g.abs().sum(2)
+    return sobel_gradient(x).abs().sum(2)
 
 def gradient_loss(fused: Tensor,  # (B, C, H, W) float, finite
                   ir: Tensor,     # (B, C, H, W) float in [0, 1]
                   vis: Tensor,    # (B, C, H, W) float in [0, 1]
-                  w: Tensor|None=None, # (B, 1, H, W) IR share of the target gradient in [0, 1]; None: the max
+                  w: Tensor|None=None, # (B, 1, H, W) IR share of the target gradient in [0, 1]; None: the stronger source
                   reduction: str='mean', # 'mean', 'sum' or 'none'
+                  mode: str='signed',    # 'signed': L1 of (dx, dy) to the stronger source's; 'magnitude': of |dx|+|dy| to the max
+                  gain: float=1.,        # the target is scaled by this (> 1: sharper than the sources)
                  ) -> Tensor:
-    "L1 distance of the fused Sobel magnitude to the per-pixel max of the sources' (or their `w`-weighted mix)."
+    "L1 distance of the fused Sobel gradient to the stronger source's (or to the `w`-weighted mix), times `gain`."
     _check_sources(fused, ir, vis)
     if w is not None: _check_weight(w, 'w', fused)
-    return _gradient(fused, ir, vis, w, reduction)
+    if mode not in GRADIENT_MODES: raise FusionInputError(f"`mode`: expected one of {GRADIENT_MODES}, got {mode!r}")
+    return _gradient(fused, ir, vis, w, reduction, mode, gain)
 
-def _gradient(fused, ir, vis, w, reduction):
-    gi, gv = sobel_magnitude(ir), sobel_magnitude(vis)
-    target = torch.maximum(gi, gv) if w is None else w * gi + (1 - w) * gv
-    return _reduce((sobel_magnitude(fused) - target).abs(), reduction)
+def _gradient(fused, ir, vis, w, reduction, mode='signed', gain=1.):
+    if mode == 'magnitude':
+        gi, gv = sobel_magnitude(ir), sobel_magnitude(vis)
+        target = torch.maximum(gi, gv) if w is None else w * gi + (1 - w) * gv
+        return _reduce((sobel_magnitude(fused) - gain * target).abs(), reduction)
+    gi, gv = sobel_gradient(ir), sobel_gradient(vis)                        # (B, C, 2, H, W)
+    if w is None: target = torch.where(gi.abs().sum(2, keepdim=True) >= gv.abs().sum(2, keepdim=True), gi, gv)
+    else: target = w[:, :, None] * gi + (1 - w[:, :, None]) * gv            # w: (B, 1, 1, H, W)
+    return _reduce((sobel_gradient(fused) - gain * target).abs().sum(2), reduction)
+
 
 # %% ../nbs/06_losses.ipynb #573e4b9e
 def ssim_loss(fused: Tensor,  # (B, C, H, W) float, finite
@@ -131,9 +146,11 @@ def _frequency(fused, ir, vis, reduction):
 class LossConfig:
     "Weights of the fusion loss terms (images in [0, 1]); see the notebook for how they were chosen."
     intensity: float = 1.    # L1 to max(ir, vis): ~0.09-0.14 for a naive (mean) fusion of real pairs
-    gradient: float = 10.    # L1 of normalised-Sobel magnitudes: ~0.011-0.02 there, a tenth of intensity -> x10
-    ssim: float = 1.         # 1 - SSIM against each source: 0.24-0.35, varies ~0.05 between fusions -> regulariser
-    frequency: float = 0.    # log-amplitude spectrum term: off until shown to help
+    gradient: float = 20.    # L1 of normalised-Sobel gradients: ~0.011-0.02 there; x20 gives edges twice brightness's say
+    ssim: float = 0.2        # 1 - SSIM against each source: 0.24-0.35 and rewards averaging -> a light regulariser only
+    frequency: float = 0.    # log-amplitude spectrum term: measured neutral in the sweep (v14), so off
+    gradient_mode: str = 'signed' # 'signed': (dx, dy) of the stronger source; 'magnitude': |dx|+|dy| of the max
+    gradient_gain: float = 1.2  # scale of the gradient target: edges 20% stronger than the stronger source's
     ssim_ir_weight: float = 0.5 # share of IR in the SSIM term
     ssim_window: int = 11    # SSIM Gaussian window
 
@@ -142,6 +159,9 @@ class LossConfig:
             if not getattr(self, f) >= 0: raise FusionInputError(f"LossConfig.{f}: expected a weight >= 0, got {getattr(self, f)}")
         if sum(getattr(self, f) for f in ('intensity', 'gradient', 'ssim', 'frequency')) == 0:
             raise FusionInputError("LossConfig: all weights are 0; the loss would be constant")
+        if self.gradient_mode not in GRADIENT_MODES:
+            raise FusionInputError(f"LossConfig.gradient_mode: expected one of {GRADIENT_MODES}, got {self.gradient_mode!r}")
+        if not self.gradient_gain > 0: raise FusionInputError(f"LossConfig.gradient_gain: expected a value > 0, got {self.gradient_gain}")
 
 def fusion_loss(fused: Tensor,  # (B, C, H, W) float, finite
                 ir: Tensor,     # (B, C, H, W) float in [0, 1]
@@ -158,7 +178,7 @@ def fusion_loss(fused: Tensor,  # (B, C, H, W) float, finite
     if w_grad is not None: _check_weight(w_grad, 'w_grad', fused)
     terms = dict(
         intensity=lambda: _intensity(fused, ir, vis, w_int, reduction),
-        gradient=lambda: _gradient(fused, ir, vis, w_grad, reduction),
+        gradient=lambda: _gradient(fused, ir, vis, w_grad, reduction, c.gradient_mode, c.gradient_gain),
         ssim=lambda: _ssim(fused, ir, vis, c.ssim_ir_weight, c.ssim_window, reduction),
         frequency=lambda: _frequency(fused, ir, vis, reduction))
     total, parts = 0., {}

@@ -18,7 +18,7 @@ from torch import nn, Tensor
 from torch.func import functional_call
 
 from .core import FusionInputError, atomic_write_bytes, check_image, check_same_size
-from .losses import FusionLoss, LossConfig, sobel_magnitude, ssim_loss
+from .losses import FusionLoss, LossConfig, sobel_gradient, sobel_magnitude, ssim_loss
 
 # %% auto #0
 __all__ = ['MODES', 'LossGenConfig', 'LossGenerator', 'weighted_fusion_loss', 'generated_fusion_loss', 'inner_step',
@@ -63,14 +63,19 @@ class LossGenerator(nn.Module):
 def weighted_fusion_loss(fused: Tensor,  # (B, 1, H, W) float
                          ir: Tensor, vis: Tensor, # (B, 1, H, W) float in [0, 1]
                          w_int: Tensor,  # (B, 1, H, W) weight of |F - IR| (VIS gets 1 - w_int)
-                         w_grad: Tensor, # (B, 1, H, W) weight of ||grad F| - |grad IR|| (VIS gets 1 - w_grad)
-                         config: LossConfig|None=None, # term weights (intensity, gradient, ssim)
+                         w_grad: Tensor, # (B, 1, H, W) weight of the gradient distance to IR's (VIS gets 1 - w_grad)
+                         config: LossConfig|None=None, # term weights (intensity, gradient, ssim), gradient mode and gain
                         ) -> tuple[Tensor, dict]: # total (scalar), {term: unweighted value (detached)}
     "The fusion loss with per-pixel source weights (the generated loss)."
     c = config or LossConfig()
-    gf, gi, gv = sobel_magnitude(fused), sobel_magnitude(ir), sobel_magnitude(vis)
+    if c.gradient_mode == 'magnitude':   # ||grad F| - gain |grad S||, as the hand-made loss's 'magnitude' targets
+        gf, gi, gv = sobel_magnitude(fused), sobel_magnitude(ir), sobel_magnitude(vis)
+        d_ir, d_vis = (gf - c.gradient_gain * gi).abs(), (gf - c.gradient_gain * gv).abs()
+    else:                                # L1 of (dx, dy) - gain (dx, dy) of the source, as its 'signed' targets
+        gf, gi, gv = sobel_gradient(fused), sobel_gradient(ir), sobel_gradient(vis)
+        d_ir, d_vis = (gf - c.gradient_gain * gi).abs().sum(2), (gf - c.gradient_gain * gv).abs().sum(2)
     parts = dict(intensity=(w_int * (fused - ir).abs() + (1 - w_int) * (fused - vis).abs()).mean(),
-                 gradient=(w_grad * (gf - gi).abs() + (1 - w_grad) * (gf - gv).abs()).mean())
+                 gradient=(w_grad * d_ir + (1 - w_grad) * d_vis).mean())
     if c.ssim: parts['ssim'] = ssim_loss(fused, ir, vis, c.ssim_ir_weight, c.ssim_window)
     total = sum(getattr(c, k) * v for k, v in parts.items())
     return total, {k: v.detach() for k, v in parts.items()}

@@ -22,7 +22,8 @@ from .spectrum import (
 # %% auto #0
 __all__ = ['PAD', 'WEIGHTS_FILE', 'CONFIG_FILE', 'SFOFusionConfig', 'SpectralChannelGate', 'FrequencyBranch', 'edge_kernels',
            'EdgeEnhance', 'ContextBlock', 'GuidedExtractor', 'DifferenceCompensation', 'normalize_per_image',
-           'DualDomainMerge', 'SFOFusion', 'build_model', 'count_parameters', 'weights_dir', 'shipped_models']
+           'source_select', 'DualDomainMerge', 'SFOFusion', 'build_model', 'count_parameters', 'weights_dir',
+           'shipped_models']
 
 # %% ../nbs/03_model.ipynb #0071e759
 @dataclass
@@ -57,10 +58,19 @@ class SFOFusionConfig:
     edge_eps: float = 1e-6          # inside the gradient magnitude's sqrt: finite gradient on flat regions
     channels_last: bool = True      # full-resolution features in NHWC: oneDNN runs 3x3 convs on few channels 2-4x faster
     # --- merge and output ---
-    skip_gain: float = 4.0          # logits start as 4 (freq - 1/2): sigmoid's slope at 0 is 1/4, so unit slope
-    decoder_init: float = 0.1       # scale of the decoder's last layer at init: output starts near the estimate
-    output_norm: str = 'minmax'     # 'minmax': per-image min-max stretch to [0, 1]; 'none': the sigmoid output
+    output_head: str = 'select'     # 'select': clip(s*ir + (1-s)*vis + zero-mean residual), relative to the sources;
+                                    # 'logit': sigmoid(skip_gain*(freq - 1/2) + correction), the first design (its weights load)
+    select_sharpness: float = 60.0  # initial IR share s = sigmoid(sharpness * (ir - vis)): 0.02 -> 77% IR, 0.05 -> 95%
+                                    # (chosen by the sweep in 07_train: 20 and 150 ranked lower)
+    freq_detail: bool = False       # 'select' head: a third channel scales the frequency branch's high-frequency image
+                                    # into the residual (the branch's band gains then shape the added detail directly)
+    decoder_init: float = 0.1       # scale of the decoder's last layer at init: output starts near the initial estimate
+    skip_gain: float = 4.0          # 'logit' head only: logits start as 4 (freq - 1/2), unit slope through sigmoid
+    output_norm: str = 'none'       # 'logit' head only: 'minmax' stretched each image to [0, 1] (gameable: see the notebook)
     norm_eps: float = 1e-6          # guards min-max of a constant image (then the output is 0)
+    # --- ablation switches (the shipped model uses both parts) ---
+    use_frequency: bool = True      # False: the frequency estimate is replaced by the mean of the sources
+    use_compensation: bool = True   # False: the compensation features are zeros (the merge sees the estimate only)
 
     def __post_init__(self):
         for f in ('n_bands', 'split_kernel', 'mlp_hidden', 'align_hidden', 'amp_hidden',
@@ -72,6 +82,13 @@ class SFOFusionConfig:
         if self.split_kernel % 2 != 1: raise FusionInputError(f"SFOFusionConfig.split_kernel: expected an odd size, got {self.split_kernel}")
         if self.output_norm not in ('minmax', 'none'):
             raise FusionInputError(f"SFOFusionConfig.output_norm: expected 'minmax' or 'none', got {self.output_norm!r}")
+        if self.output_head not in ('select', 'logit'):
+            raise FusionInputError(f"SFOFusionConfig.output_head: expected 'select' or 'logit', got {self.output_head!r}")
+        if self.output_head == 'select' and self.output_norm != 'none':
+            raise FusionInputError("SFOFusionConfig.output_norm: the 'select' head takes no output normalisation; "
+                                   f"expected 'none', got {self.output_norm!r}")
+        if not self.select_sharpness > 0:
+            raise FusionInputError(f"SFOFusionConfig.select_sharpness: expected a value > 0, got {self.select_sharpness}")
 
     @classmethod
     def from_dict(cls, d: dict) -> SFOFusionConfig:
@@ -79,6 +96,7 @@ class SFOFusionConfig:
         names = {f.name for f in fields(cls)}
         bad = sorted(set(d) - names)
         if bad: raise FusionInputError(f"SFOFusionConfig: unknown field(s) {bad}; valid fields: {sorted(names)}")
+        if 'output_head' not in d: d = {**d, 'output_head': 'logit', 'output_norm': d.get('output_norm', 'minmax')}  # saved before the field
         return cls(**d)
 
 # %% ../nbs/03_model.ipynb #0b3077dd
@@ -139,7 +157,7 @@ class FrequencyBranch(nn.Module):
                           amp_gates=amp_gates, freq_parts=images, part_weights=part_weights)
 
 # %% ../nbs/03_model.ipynb #381b1369
-PAD = 'replicate'  # padding of the edge and significance filters: zeros would make the image frame an edge
+PAD = 'replicate'  # padding of every 3x3 filter: zeros would make the image frame an edge, and a flat input non-flat
 
 def edge_kernels(dtype=torch.float32) -> Tensor: # (3, 3, 3): Sobel d/dx, d/dy (unit response on a unit ramp), high-pass
     "Initial edge filters: Sobel x, Sobel y, and identity minus the 3x3 box."
@@ -170,7 +188,7 @@ class ContextBlock(nn.Module):
     "Inverted residual: depthwise 3x3, 1x1 expand, ReLU, 1x1 project, plus the input."
     def __init__(self, ch: int, expand: int=2):
         super().__init__()
-        self.dw = nn.Conv2d(ch, ch, 3, padding=1, groups=ch)
+        self.dw = nn.Conv2d(ch, ch, 3, padding=1, groups=ch, padding_mode=PAD)
         self.pw1, self.pw2 = nn.Conv2d(ch, ch * expand, 1), nn.Conv2d(ch * expand, ch, 1)
 
     def forward(self, x: Tensor) -> Tensor: # (B, ch, h, w) -> (B, ch, h, w)
@@ -183,7 +201,7 @@ class GuidedExtractor(nn.Module):
         super().__init__()
         self.scale = ctx_scale
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.stem = nn.Conv2d(in_ch, width, 3, padding=1)
+        self.stem = nn.Conv2d(in_ch, width, 3, padding=1, padding_mode=PAD)
         self.ctx = nn.Sequential(nn.Conv2d(width, ctx_width, 1), *[ContextBlock(ctx_width, ctx_expand) for _ in range(ctx_blocks)],
                                  nn.Conv2d(ctx_width, width, 1))
 
@@ -222,30 +240,40 @@ class DifferenceCompensation(nn.Module):
 def normalize_per_image(x: Tensor, # (B, C, H, W)
                         eps: float=1e-6, # guards a constant image (which maps to 0)
                        ) -> Tensor:  # (B, C, H, W) in [0, 1], min 0 and max ~1 for each image and channel
-    "Min-max stretch each image to [0, 1] over its own pixels."
+    "Min-max stretch each image to [0, 1] over its own pixels (the 'logit' head's optional `output_norm`)."
     lo = x.amin((-2, -1), keepdim=True)
     return (x - lo) / (x.amax((-2, -1), keepdim=True) - lo + eps)
 
+def source_select(ir: Tensor, vis: Tensor, # (B, 1, H, W) float in [0, 1]
+                  head: Tensor,            # (B, 2, H, W): selection correction c (logits), residual r
+                  sharpness: float=20.,    # IR-share logits per unit of ir - vis before the correction
+                 ) -> tuple[Tensor, Tensor, Tensor]: # fused (B, 1, H, W) in [0, 1]; IR share s in (0, 1); zero-mean residual
+    "The fused image relative to the sources: a per-pixel IR/VIS blend plus a zero-mean residual, clipped to [0, 1]."
+    s = torch.sigmoid(sharpness * (ir - vis) + head[:, :1])
+    r = head[:, 1:2] - head[:, 1:2].mean((-2, -1), keepdim=True)    # per image: brightness comes from the sources
+    return torch.clamp(vis + s * (ir - vis) + r, 0, 1), s, r
+
 class DualDomainMerge(nn.Module):
-    "Merge the frequency estimate and the compensation features, and decode the fused logits."
-    def __init__(self, width: int=8, skip_gain: float=4.0, decoder_init: float=0.1, channels_last: bool=True):
+    "Merge the frequency estimate and the compensation features, and decode the output head."
+    def __init__(self, width: int=8, n_out: int=2, # 2: selection correction and residual ('select'); 1: logits ('logit')
+                 decoder_init: float=0.1, channels_last: bool=True):
         super().__init__()
-        self.skip_gain = skip_gain
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.lift = nn.Conv2d(1, width, 3, padding=1)                   # the estimate in feature space
+        self.lift = nn.Conv2d(1, width, 3, padding=1, padding_mode=PAD)  # the estimate in feature space
         self.w_freq, self.w_comp = nn.Conv2d(width, 1, 1), nn.Conv2d(width, 1, 1, bias=False)  # interaction weight
-        self.decode = nn.Conv2d(width, width, 3, padding=1)
-        self.out = nn.Conv2d(width, 1, 1)
+        self.decode = nn.Conv2d(width, width, 3, padding=1, padding_mode=PAD)
+        self.out = nn.Conv2d(width, n_out, 1)
         with torch.no_grad(): self.out.weight.mul_(decoder_init); self.out.bias.zero_()
 
     def forward(self, freq: Tensor, # (B, 1, H, W) frequency estimate
                 comp: Tensor,       # (B, width, H, W) gated compensation features
-               ) -> tuple[Tensor, Tensor]: # fused logits (B, 1, H, W); interaction weight (B, 1, H, W) in (0, 1)
-        "Fused logits: the estimate plus a decoded correction from both domains; and the interaction weight."
+               ) -> tuple[Tensor, Tensor]: # head (B, n_out, H, W); interaction weight (B, 1, H, W) in (0, 1)
+        "The decoded head from both domains, and the interaction weight."
         f = self.lift(freq.contiguous(memory_format=self.memory_format))
         w = torch.sigmoid(self.w_freq(f) + self.w_comp(comp))
         h = F.relu(self.decode(torch.addcmul(f, w, comp)), inplace=True)    # f + w * comp
-        return self.skip_gain * (freq - 0.5) + self.out(h), w
+        return self.out(h), w
+
 
 # %% ../nbs/03_model.ipynb #56c01120
 class SFOFusion(nn.Module):
@@ -255,7 +283,8 @@ class SFOFusion(nn.Module):
         self.config = cfg = config if config is not None else SFOFusionConfig()
         self.frequency = FrequencyBranch(cfg)
         self.compensation = DifferenceCompensation(cfg)
-        self.merge = DualDomainMerge(cfg.width, cfg.skip_gain, cfg.decoder_init, cfg.channels_last)
+        n_out = (3 if cfg.freq_detail else 2) if cfg.output_head == 'select' else 1
+        self.merge = DualDomainMerge(cfg.width, n_out, cfg.decoder_init, cfg.channels_last)
 
     def fuse(self, ir: Tensor, vis: Tensor, # (B, 1, H, W) float in [0, 1], unchecked
              aux: bool=False,               # also return the intermediate values
@@ -263,15 +292,26 @@ class SFOFusion(nn.Module):
         "The network without input checks."
         cfg = self.config
         src = torch.cat([ir, vis], 1)                                  # (B, 2, H, W)
+        src32 = src if src.dtype == torch.float64 else src.float()
         with torch.autocast(src.device.type, enabled=False):           # spectra in float32 (or float64)
-            freq, info = self.frequency(src if src.dtype == torch.float64 else src.float())
+            if cfg.use_frequency: freq, info = self.frequency(src32)
+            else: freq, info = src32.mean(1, keepdim=True), {}          # ablation: no frequency branch
         comp, gate, sig = self.compensation(src, freq)
+        if not cfg.use_compensation: comp = torch.zeros_like(comp)     # ablation: no compensation features
         with torch.autocast(src.device.type, enabled=False):           # output head in float32 (or float64)
-            logits, interaction = self.merge(freq, comp.to(freq.dtype))
-            fused = torch.sigmoid(logits.to(freq.dtype))
-            if cfg.output_norm == 'minmax': fused = normalize_per_image(fused, cfg.norm_eps)
+            head, interaction = self.merge(freq, comp.to(freq.dtype))
+            head = head.to(freq.dtype)
+            if cfg.output_head == 'select':
+                if cfg.freq_detail:  # residual += d * (high-frequency image of the frequency branch); none without the branch
+                    detail = head[:, 2:3] * info['freq_parts'][:, 1:2] if cfg.use_frequency else 0.
+                    head = torch.cat([head[:, :1], head[:, 1:2] + detail], 1)                 # (B, 2, H, W)
+                fused, share, residual = source_select(src32[:, :1], src32[:, 1:], head, cfg.select_sharpness)
+                extra = dict(select=share, residual=residual, head=head)
+            else:
+                fused, extra = torch.sigmoid(head), dict(logits=head)
+                if cfg.output_norm == 'minmax': fused = normalize_per_image(fused, cfg.norm_eps)
         out = dict(fused=fused.to(ir.dtype))
-        if aux: out.update(freq=freq, comp=gate, significance=sig, comp_features=comp, interaction=interaction, logits=logits,
+        if aux: out.update(freq=freq, comp=gate, significance=sig, comp_features=comp, interaction=interaction, **extra,
                            band_centres=band_centres(cfg.n_bands, cfg.band_f_low, device=ir.device), **info)
         return out
 
@@ -284,7 +324,7 @@ class SFOFusion(nn.Module):
 
     def forward(self, ir: Tensor,  # (B, 1, H, W) infrared, float in [0, 1]
                 vis: Tensor,       # (B, 1, H, W) visible luminance (Y), float in [0, 1]
-               ) -> Tensor:        # (B, 1, H, W) fused luminance in [0, 1], normalised per image
+               ) -> Tensor:        # (B, 1, H, W) fused luminance in [0, 1]
         "Fuse an IR and a VIS image."
         self._check(ir, vis)
         return self.fuse(ir, vis)['fused']

@@ -23,9 +23,9 @@ from .data import get_dataset, FusionCrops, SyntheticPairs, collate_fusion
 from .metrics import compute_metrics
 
 # %% auto #0
-__all__ = ['VAL_METRICS', 'TrainConfig', 'lr_at', 'build_train_dataset', 'collate_pairs', 'epoch_batches', 'save_checkpoint',
-           'load_checkpoint', 'save_step_checkpoint', 'latest_checkpoint', 'validate', 'initial_model',
-           'replica_max_diff', 'save_on_interrupt', 'train', 'read_log', 'plot_log']
+__all__ = ['VAL_METRICS', 'TrainConfig', 'lr_at', 'read_names', 'build_train_dataset', 'collate_pairs', 'epoch_batches',
+           'save_checkpoint', 'load_checkpoint', 'save_step_checkpoint', 'latest_checkpoint', 'validate',
+           'initial_model', 'replica_max_diff', 'save_on_interrupt', 'train', 'read_log', 'plot_log']
 
 # %% ../nbs/07_train.ipynb #88bb8162
 @dataclass
@@ -33,6 +33,8 @@ class TrainConfig:
     "Everything a training run depends on."
     # data: 'synthetic', or 'NAME:ROOT' entries from the dataset registry (e.g. 'msrs:../shared/data/MSRS/test')
     data: list = field(default_factory=lambda: ['synthetic'])
+    exclude: list = field(default_factory=list) # pairs kept out of training: names, or '@FILE' (one name a line), e.g.
+                                    # '@data/splits/msrs_test60.txt' keeps the report's test pairs unseen
     val_data: str = ''              # a pair folder (ir/ + vi/) evaluated every `val_every` steps; '' = none
     val_max_pairs: int = 8          # validate on the first N pairs (full resolution) to keep validation cheap
     crop: int = 128                 # square training crop (pixels)
@@ -107,6 +109,19 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 # %% ../nbs/07_train.ipynb #f97d5a63
+def read_names(items: list|str, # pair names, or '@FILE' entries naming a text file of names (one a line, '#' comments)
+              ) -> set[str]:
+    "The set of pair names in `items`, with '@FILE' entries read from their files."
+    names = set()
+    for it in ([items] if isinstance(items, str) else items):
+        it = str(it)
+        if it.startswith('@'):
+            f = Path(it[1:])
+            if not f.is_file(): raise FusionInputError(f"`exclude`: name list {f} not found")
+            names |= {l.split('#')[0].strip() for l in f.read_text().splitlines()} - {''}
+        else: names.add(Path(it).stem)
+    return names
+
 def build_train_dataset(cfg: TrainConfig):
     "The training crop dataset described by `cfg.data`."
     bases = []
@@ -117,6 +132,11 @@ def build_train_dataset(cfg: TrainConfig):
             name, root = spec.split(':', 1)
             # fusion training needs the pairs only: labels are neither loaded nor required here
             bases.append(get_dataset(name, root, boxes=False, masks=False, skip_bad=cfg.skip_bad))
+    excluded = read_names(cfg.exclude)
+    for ds in bases:
+        if excluded and hasattr(ds, 'pairs'):
+            ds.pairs = [p for p in ds.pairs if p.name not in excluded]
+            if not ds.pairs: raise FusionInputError(f"`exclude`: it removes every pair of {ds!r}")
     base = bases[0] if len(bases) == 1 else torch.utils.data.ConcatDataset(bases)
     return FusionCrops(base, size=cfg.crop, seed=cfg.seed)
 
@@ -217,13 +237,20 @@ def latest_checkpoint(out_dir: Path|str) -> Path|None:
 VAL_METRICS = ('EN', 'SD', 'SF', 'AG', 'MI', 'SCD', 'VIF', 'Qabf', 'SSIM')
 
 @torch.no_grad()
-def validate(model: nn.Module, folder: Path|str, max_pairs: int=8, metrics=VAL_METRICS) -> dict:
+def validate(model: nn.Module, folder: Path|str, max_pairs: int|None=8, metrics=VAL_METRICS,
+             names: list|str|None=None, # only these pairs (names or '@FILE' lists, as `exclude`); None: all
+            ) -> dict:
     "Mean evaluator metrics of `model` on the first `max_pairs` pairs of `folder` (fused rounded to 8 bits)."
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
     rows = []
-    for p in find_pairs(folder)[:max_pairs]:
+    pairs = find_pairs(folder)
+    if names is not None:
+        keep = read_names(names)
+        pairs = [p for p in pairs if p.name in keep]
+        if len(pairs) < len(keep): raise FusionInputError(f"`names`: {len(keep) - len(pairs)} of them are not pairs of {folder}")
+    for p in pairs[:max_pairs]:
         d = load_pair(p.ir, p.vi)
         fused = model(d['ir'].to(dev), d['vis'].to(dev)).float()
         f255 = torch.from_numpy(to_uint8(fused[0, 0]).astype(np.float32))[None, None]

@@ -13,7 +13,7 @@ import sfofusion.fuse as Fu
 from sfofusion.core import FusionInputError, read_image, rgb_to_ycbcr, save_image, to_uint8, ycbcr_to_rgb
 from sfofusion.data import synthetic_pair
 from sfofusion.fuse import FuseReport, as_input, demo, fuse, fuse_folder, fuse_tiled
-from sfofusion.model import build_model, shipped_models
+from sfofusion.model import SFOFusionConfig, build_model, shipped_models
 
 
 @pytest.fixture(scope='module')
@@ -153,7 +153,18 @@ def test_tiled_matches_untiled(net):
     torch.testing.assert_close(fuse_tiled(net, ir, vis, tile=256), whole, atol=1e-5, rtol=0)  # one tile: the forward
     d = (fuse_tiled(net, ir, vis, tile=128, overlap=32) - whole).abs()
     assert d.mean() < 8 / 255                      # untrained network; see the trained test for the real tolerance
-    assert fuse_tiled(net, ir, vis, tile=128, overlap=32).min() == 0                # normalised once, over the image
+    legacy = build_model(SFOFusionConfig(output_head='logit', output_norm='minmax')).eval()
+    assert fuse_tiled(legacy, ir, vis, tile=128, overlap=32).min() == 0     # the first design: stretched once, over the image
+
+
+def test_tiled_select_head_centres_the_residual_once():
+    torch.manual_seed(0)
+    m = build_model().eval()
+    with torch.no_grad(): m.merge.out.bias[1] = 0.3            # a residual that is a constant offset per tile ...
+    ir, vis = torch.rand(1, 1, 150, 200), torch.rand(1, 1, 150, 200)
+    with torch.inference_mode(): whole = m(ir, vis)
+    tiled = fuse_tiled(m, ir, vis, tile=64, overlap=16)
+    assert (tiled - whole).abs().mean() < 4 / 255                # ... is removed over the image, not tile by tile
 
 
 def test_fuse_tiles_when_large_or_asked(net, monkeypatch):

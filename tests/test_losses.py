@@ -107,14 +107,14 @@ def test_gradcheck_float64():
 def test_optimising_a_fused_image_decreases_the_loss():
     d = synthetic_pair(48, 48, seed=4)
     ir, vis = d['ir'][None], d['vis'][None]
-    f = ((ir + vis) / 2).clone().requires_grad_(True)
-    loss = FusionLoss()
-    opt = torch.optim.Adam([f], lr=0.01)
-    start = loss(f, ir, vis)[0].item()
-    for _ in range(60):
-        opt.zero_grad(); loss(f, ir, vis)[0].backward(); opt.step()
-    end, parts = loss(f, ir, vis)
-    assert end.item() < 0.8 * start
+    for loss in (FusionLoss(), FusionLoss(gradient_gain=1.)):   # the defaults, and targets as strong as the sources
+        f = ((ir + vis) / 2).clone().requires_grad_(True)
+        opt = torch.optim.Adam([f], lr=0.01)
+        start = loss(f, ir, vis)[0].item()
+        for _ in range(60):
+            opt.zero_grad(); loss(f, ir, vis)[0].backward(); opt.step()
+        end, parts = loss(f, ir, vis)
+        assert end.item() < 0.8 * start
     assert parts['intensity'] < intensity_loss((ir + vis) / 2, ir, vis)  # moved towards the brighter source
 
 
@@ -150,13 +150,13 @@ def test_multichannel_and_odd_sizes():
 
 def test_fusion_loss_module_and_config():
     c = LossConfig()
-    assert (c.intensity, c.gradient, c.ssim, c.frequency) == (1., 10., 1., 0.)
+    assert (c.intensity, c.gradient, c.ssim, c.frequency, c.gradient_mode, c.gradient_gain) == (1., 20., 0.2, 0., 'signed', 1.2)
     f, ir, vis = pair()
     total, parts = FusionLoss()(f, ir, vis)
     assert set(parts) == {'intensity', 'gradient', 'ssim'} and all(not v.requires_grad for v in parts.values())
-    torch.testing.assert_close(total, parts['intensity'] + 10 * parts['gradient'] + parts['ssim'])
+    torch.testing.assert_close(total, parts['intensity'] + 20 * parts['gradient'] + 0.2 * parts['ssim'])
     m = FusionLoss(c, gradient=2., ssim=0.)
-    assert m.config.gradient == 2. and c.gradient == 10.  # overrides copy the config
+    assert m.config.gradient == 2. and c.gradient == 20.  # overrides copy the config
     t2, p2 = m(f, ir, vis)
     assert set(p2) == {'intensity', 'gradient'}
     torch.testing.assert_close(t2, p2['intensity'] + 2 * p2['gradient'])
@@ -190,3 +190,35 @@ def test_cuda_matches_cpu():
     cpu = fusion_loss(f, ir, vis, ALL_ON, w, w, 'none')[0]
     gpu = fusion_loss(f.cuda(), ir.cuda(), vis.cuda(), ALL_ON, w.cuda(), w.cuda(), 'none')[0]
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- gradient targets: sign-aware, magnitude, gain
+
+def test_signed_target_keeps_edge_direction():
+    step = torch.zeros(2, 1, 12, 16); step[..., 8:] = 0.6
+    z = torch.zeros_like(step)
+    flipped = 0.6 - step                                         # the same edge, facing the other way
+    assert gradient_loss(flipped, step, z, mode='magnitude') < 1e-7
+    assert gradient_loss(flipped, step, z, mode='signed') == pytest.approx(2 * gradient_loss(z, step, z, mode='signed').item())
+    ir, vis = step, torch.rand(2, 1, 12, 16) * 0.1              # IR owns the edge, VIS is faint texture
+    assert gradient_loss(ir, ir, vis, mode='signed') < gradient_loss(vis, ir, vis, mode='signed')
+
+
+@pytest.mark.parametrize('mode', ['signed', 'magnitude'])
+def test_gain_scales_the_target(mode):
+    f, ir, vis = pair(h=20, w=22)
+    assert gradient_loss(1.3 * ir, ir, ir, mode=mode, gain=1.3) < 1e-6   # a 30% sharper copy is the target
+    assert gradient_loss(ir, ir, ir, mode=mode, gain=1.3) > 0
+    cfg = LossConfig(gradient_mode=mode, gradient_gain=1.3)
+    assert fusion_loss(f, ir, vis, cfg)[1]['gradient'] == pytest.approx(gradient_loss(f, ir, vis, mode=mode, gain=1.3).item())
+
+
+def test_gradient_target_gradcheck_and_config_errors():
+    f, ir, vis = pair(b=1, h=7, w=8, seed=3, dtype=torch.float64)
+    f.requires_grad_(True)
+    w = torch.rand(1, 1, 7, 8, dtype=torch.float64).requires_grad_(True)
+    for mode in ('signed', 'magnitude'):
+        assert gradcheck(lambda f, w: gradient_loss(f, ir, vis, w=w, mode=mode, gain=1.2, reduction='none'), (f, w))
+    with pytest.raises(FusionInputError, match='gradient_mode'): LossConfig(gradient_mode='l2')
+    with pytest.raises(FusionInputError, match='gradient_gain'): LossConfig(gradient_gain=0)
+    with pytest.raises(FusionInputError, match='`mode`'): gradient_loss(f, ir, vis, mode='abs')

@@ -1,0 +1,202 @@
+"""Fusion-quality sweep: train variants of the output head, loss and recipe the same way, score them on held-out pairs.
+
+    OMP_NUM_THREADS=1 python bench/quality_sweep.py --steps 800 --jobs 2                 # every variant
+    OMP_NUM_THREADS=1 python bench/quality_sweep.py --only v3_signed,v5_signed_gain --steps 800
+
+Training data: MSRS (../shared, minus the test and validation lists in data/splits) and RoadScene, 128² crops.
+Scores: the evaluator's 9 metrics at full resolution on the 50 MSRS validation pairs and the 20 TNO pairs — never on
+the 60 test pairs of data/splits/msrs_test60.txt. A variant is ranked by how many metrics reach the per-pixel max's
+value on validation (a strong, parameter-free fusion), then by its mean relative gain over the max.
+Each variant trains in runs/sweep/<name>/ and resumes there; results go to bench/results/quality_sweep/.
+"""
+import argparse, json, os, sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / 'shared' / 'data'
+SPLITS = ROOT / 'data' / 'splits'
+METRICS = ('EN', 'SD', 'SF', 'AG', 'MI', 'SCD', 'VIF', 'Qabf', 'SSIM')
+
+# Every variant is written relative to the recipe the sweep started from (the first design's loss with the
+# 'select' head), not to the library's current defaults, so that the record reproduces whatever the defaults become.
+BASE_MODEL = dict(output_head='select', output_norm='none', select_sharpness=20., freq_detail=False)
+BASE_LOSS = dict(intensity=1., gradient=10., ssim=1., frequency=0., gradient_mode='signed', gradient_gain=1.)
+
+# name -> overrides of BASE_MODEL (SFOFusionConfig fields) and BASE_LOSS (LossConfig fields)
+VARIANTS = {
+    'v0_logit_minmax':   dict(model=dict(output_head='logit', output_norm='minmax'), loss=dict(gradient_mode='magnitude')),
+    'v1_select':         dict(model={}, loss=dict(gradient_mode='magnitude')),             # new head, the old loss
+    'v2_select_nossim':  dict(model={}, loss=dict(gradient_mode='magnitude', ssim=0.)),    # SeAFusion-style loss
+    'v3_signed':         dict(model={}, loss=dict(ssim=0.)),                               # sign-aware gradients
+    'v4_signed_ssim':    dict(model={}, loss=dict()),                                      # ... plus 1 - SSIM
+    'v5_signed_gain':    dict(model={}, loss=dict(ssim=0., gradient_gain=1.2)),            # ... sharper than the sources
+    'v6_signed_gain_g20': dict(model={}, loss=dict(ssim=0., gradient_gain=1.2, gradient=20.)),
+    'v7_signed_gain_ssim': dict(model={}, loss=dict(ssim=0.2, gradient_gain=1.2, gradient=20.)),
+    # round 2, after v2 (magnitude targets) kept MI/VIF/Qabf and v5 (gain 1.2) raised SD/SF/AG/EN/SCD
+    'v8_mag_gain':       dict(model={}, loss=dict(gradient_mode='magnitude', ssim=0., gradient_gain=1.2)),
+    'v9_mag_gain15':     dict(model={}, loss=dict(gradient_mode='magnitude', ssim=0., gradient_gain=1.5)),
+    'v10_signed_gain_int2': dict(model={}, loss=dict(ssim=0., gradient_gain=1.2, intensity=2.)),
+    'v11_mag_gain_ssim': dict(model={}, loss=dict(gradient_mode='magnitude', ssim=0.2, gradient_gain=1.2)),
+    # round 3: the gain trades MI and Qabf for SD/SF/AG/EN; look between and beyond, and at the spectrum term
+    'v12_gain11_ssim':   dict(model={}, loss=dict(ssim=0.2, gradient_gain=1.1, gradient=20.)),
+    'v13_gain13_ssim':   dict(model={}, loss=dict(ssim=0.2, gradient_gain=1.3, gradient=20.)),
+    'v14_gain_ssim_freq': dict(model={}, loss=dict(ssim=0.2, gradient_gain=1.2, gradient=20., frequency=5.)),
+    'v15_gain_ssim_sharp': dict(model=dict(select_sharpness=60.), loss=dict(ssim=0.2, gradient_gain=1.2, gradient=20.)),
+    # round 4: a smaller gain with magnitude targets (v2 kept MI/Qabf); a still sharper initial selection (v15 led)
+    'v16_mag_gain107_ssim': dict(model={}, loss=dict(gradient_mode='magnitude', ssim=0.2, gradient_gain=1.07)),
+    'v17_gain_ssim_sharp150': dict(model=dict(select_sharpness=150.), loss=dict(ssim=0.2, gradient_gain=1.2, gradient=20.)),
+    # round 5, after the ablation of v15: without the frequency branch it ranked the same. Give the branch a direct
+    # path into the output: its high-frequency image, scaled per pixel, joins the residual
+    'v18_freq_detail':   dict(model=dict(select_sharpness=60., freq_detail=True), loss=dict(ssim=0.2, gradient_gain=1.2, gradient=20.)),
+}
+ABLATIONS = {'no_frequency': dict(use_frequency=False), 'no_compensation': dict(use_compensation=False)}
+
+
+def train_config(name, model, loss, steps, out, seed=0):
+    from sfofusion.train import TrainConfig
+    return TrainConfig(
+        data=[f'msrs:{SHARED}/MSRS/test', f'roadscene:{SHARED}/RoadScene'],
+        exclude=[f'@{SPLITS}/msrs_test60.txt', f'@{SPLITS}/msrs_val50.txt'],
+        crop=128, batch_size=8, steps=steps, lr=2e-3, warmup_steps=min(50, steps // 10), model=model, loss=loss,
+        seed=seed, device='cpu', out_dir=str(out / name), ckpt_every=max(50, steps // 8), progress=False, log_every=10)
+
+
+def evaluate(model, names_or_folder, root, max_pairs=None):
+    "Mean metrics of `model` (or the callable `model(ir, vis)`) on the pairs `names` of `root` (ir/, vi/)."
+    from sfofusion.core import load_pair, load_gray255, to_uint8
+    from sfofusion.metrics import compute_metrics
+    root = Path(root)
+    names = names_or_folder or sorted(p.stem for p in (root / 'ir').iterdir())
+    files = {p.stem: p.name for p in (root / 'ir').iterdir()}
+    rows = []
+    for n in names[:max_pairs]:
+        ir_p, vi_p = root / 'ir' / files[n], root / 'vi' / files[n]
+        d = load_pair(ir_p, vi_p)
+        with torch.inference_mode(): fused = model(d['ir'], d['vis']).float()
+        f255 = torch.from_numpy(to_uint8(fused[0, 0]).astype(np.float32))[None, None]
+        vals = compute_metrics(f255, load_gray255(ir_p), load_gray255(vi_p), metrics=list(METRICS))
+        rows.append({k: float(v[0]) for k, v in vals.items()})
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in METRICS}
+
+
+def val_names():
+    return [l.split('#')[0].strip() for l in (SPLITS / 'msrs_val50.txt').read_text().splitlines() if l.split('#')[0].strip()]
+
+
+def score(model):
+    return {'msrs_val50': evaluate(model, val_names(), SHARED / 'MSRS' / 'test'), 'tno': evaluate(model, None, SHARED / 'TNO')}
+
+
+def run_variant(name, spec, steps, out):
+    torch.set_num_threads(1)
+    from sfofusion.train import train, latest_checkpoint
+    from sfofusion.model import SFOFusion
+    steps = spec.get('steps', steps)                                   # a variant may set its own length
+    model, loss = {**BASE_MODEL, **spec.get('model', {})}, {**BASE_LOSS, **spec.get('loss', {})}
+    cfg = train_config(name, model, loss, steps, out)
+    done = out / name / 'result.json'
+    if not done.is_file():
+        train(cfg, resume=latest_checkpoint(out / name) is not None)
+    model = SFOFusion.from_pretrained(out / name / 'final')
+    res = json.loads(done.read_text())
+    return dict(name=name, model=model, loss=loss, overrides=spec, steps=steps,
+                train_seconds=res.get('seconds'), final_loss=res.get('loss'), val=score(model))
+
+
+def rank_key(row, ref):
+    "(metrics >= the reference on both validation sets' mean, mean relative gain)."
+    gains = []
+    for m in METRICS:
+        v = np.mean([row['val'][s][m] for s in row['val']]); r = np.mean([ref['val'][s][m] for s in ref['val']])
+        gains.append((v - r) / abs(r))
+    return int(sum(g >= 0 for g in gains)), float(np.mean(gains))
+
+
+def table(rows, ref):
+    head = '| variant | set | ' + ' | '.join(METRICS) + ' | ≥ max | mean gain |'
+    lines = [head, '|' + '---|' * (len(METRICS) + 4)]
+    for r in rows:
+        wins, gain = rank_key(r, ref) if r is not ref else ('', '')
+        for s in r['val']:
+            lines.append(f"| {r['name']} | {s} | " + ' | '.join(f"{r['val'][s][m]:.3f}" for m in METRICS)
+                         + (f" | {wins} | {gain:+.3f} |" if s == 'tno' and wins != '' else ' | | |'))
+    return '\n'.join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--steps', type=int, default=800)
+    p.add_argument('--jobs', type=int, default=2)
+    p.add_argument('--only', default='', help='comma-separated variant names (default: all)')
+    p.add_argument('--ablate', default='', help='a variant name: also train it without each part (ABLATIONS)')
+    p.add_argument('--out', type=Path, default=ROOT / 'runs' / 'sweep')
+    p.add_argument('--results', type=Path, default=ROOT / 'bench' / 'results' / 'quality_sweep')
+    a = p.parse_args()
+    todo = {k: v for k, v in VARIANTS.items() if not a.only or k in a.only.split(',')}
+    if a.ablate:
+        base = VARIANTS[a.ablate]
+        for k, m in ABLATIONS.items(): todo[f'{a.ablate}-{k}'] = dict(model={**base.get('model', {}), **m}, loss=base.get('loss', {}))
+    bad = sorted(set(a.only.split(',')) - set(VARIANTS)) if a.only else []
+    if bad: sys.exit(f"--only: unknown variant(s) {bad}; valid: {sorted(VARIANTS)}")
+    a.results.mkdir(parents=True, exist_ok=True)
+    rows_file, row_dir = a.results / 'results.json', a.results / 'rows'
+    row_dir.mkdir(exist_ok=True)
+    rows = {}
+    if rows_file.is_file():
+        rec = json.loads(rows_file.read_text())
+        rows = {r['name']: r for r in (rec['rows'] if isinstance(rec, dict) else rec)}
+    rows.update({f.stem: json.loads(f.read_text()) for f in sorted(row_dir.glob('*.json'))})  # other sweep processes' rows
+    if 'max' not in rows:
+        rows['max'] = dict(name='max', model=None, loss=None, steps=0, val=score(lambda ir, vis: torch.maximum(ir, vis)))
+    with ProcessPoolExecutor(a.jobs) as ex:
+        futs = {ex.submit(run_variant, k, v, a.steps, a.out): k for k, v in todo.items()}
+        for f in futs:
+            r = f.result(); rows[r['name']] = r
+            tmp = row_dir / f".{r['name']}.tmp"; tmp.write_text(json.dumps(r, indent=1)); os.replace(tmp, row_dir / f"{r['name']}.json")
+            print(f"done {r['name']}", flush=True)
+    rows.update({f.stem: json.loads(f.read_text()) for f in sorted(row_dir.glob('*.json'))})
+    summary = summarize(rows, a.steps)
+    tmp = rows_file.with_suffix('.tmp'); tmp.write_text(json.dumps(summary, indent=1)); os.replace(tmp, rows_file)
+    md = table([rows['max']] + [rows[r['name']] for r in summary['rows'][1:]], rows['max'])
+    (a.results / 'table.md').write_text(md + '\n')
+    print(md); print('chosen:', summary['winner'])
+
+
+CRITERION = ("mean rank over the 9 metrics on each of the two validation sets (MSRS val50, TNO), among the variants trained "
+             "for the common number of steps and the per-pixel max (rank 1 = best; scale-free, so no metric's units dominate); "
+             "ties by the number of metrics that reach the max's value")
+
+
+def mean_ranks(rows: list) -> dict:
+    "name -> mean rank of the row over every (validation set, metric), higher values ranking first."
+    ranks = {r['name']: [] for r in rows}
+    for s in rows[0]['val']:
+        for m in METRICS:
+            for i, r in enumerate(sorted(rows, key=lambda r: -r['val'][s][m])): ranks[r['name']].append(i + 1)
+    return {k: float(np.mean(v)) for k, v in ranks.items()}
+
+
+def summarize(rows: dict, steps: int) -> dict:
+    "The record: every row with its role, mean rank and wins against the max, ranked, and the chosen variant."
+    ref, out = rows['max'], []
+    for r in rows.values():
+        if r['name'] == 'max': continue
+        role = 'ablation' if '-no_' in r['name'] else ('variant' if r['steps'] == steps else 'length check')
+        wins, gain = rank_key(r, ref)
+        out.append({**r, 'role': role, 'wins_vs_max': wins, 'mean_gain_vs_max': gain})
+    pool = [ref] + [r for r in out if r['role'] == 'variant']
+    rank = mean_ranks(pool)
+    for r in out:   # rows outside the pool are ranked as if they had joined it alone
+        r['mean_rank'] = rank[r['name']] if r['name'] in rank else mean_ranks(pool + [r])[r['name']]
+    out.sort(key=lambda r: (r['role'] != 'variant', r['mean_rank'], -r['wins_vs_max']))
+    winner = next(r['name'] for r in out if r['role'] == 'variant')
+    return dict(criterion=CRITERION, steps=steps, winner=winner,
+                rows=[{**ref, 'role': 'reference', 'mean_rank': rank['max']}] + out)
+
+
+if __name__ == '__main__':
+    main()
