@@ -1,7 +1,7 @@
 """Fusion-quality sweep: train variants of the output head, loss and recipe the same way, score them on held-out pairs.
 
-    OMP_NUM_THREADS=1 python bench/quality_sweep.py --steps 800 --jobs 2                 # every variant
-    OMP_NUM_THREADS=1 python bench/quality_sweep.py --only v3_signed,v5_signed_gain --steps 800
+    OMP_NUM_THREADS=1 python bench/quality_sweep.py --steps 1000 --jobs 2                 # every variant
+    OMP_NUM_THREADS=1 python bench/quality_sweep.py --only v3_signed,v5_signed_gain --steps 1000
 
 Training data: MSRS (../shared, minus the test and validation lists in data/splits) and RoadScene, 128² crops.
 Scores: the evaluator's 9 metrics at full resolution on the 50 MSRS validation pairs and the 20 TNO pairs — never on
@@ -107,6 +107,19 @@ def run_variant(name, spec, steps, out):
                 train_seconds=res.get('seconds'), final_loss=res.get('loss'), val=score(model))
 
 
+def score_run(name, run: Path, kind: str) -> dict:
+    "A sweep row for a finished run folder (config.json, result.json, final/)."
+    from dataclasses import asdict
+    from sfofusion.losses import LossConfig
+    from sfofusion.model import SFOFusion
+    torch.set_num_threads(1)
+    cfg, res = json.loads((run / 'config.json').read_text()), json.loads((run / 'result.json').read_text())
+    model = SFOFusion.from_pretrained(run / 'final')
+    return dict(name=name, kind=kind, model=asdict(model.config), loss=asdict(LossConfig(**cfg['loss'])),
+                overrides=dict(model=cfg.get('model', {}), loss=cfg['loss']), steps=res['step'], init_weights=cfg.get('init_weights') or None,
+                lr=cfg['lr'], train_seconds=res.get('seconds'), final_loss=res.get('loss'), val=score(model))
+
+
 def rank_key(row, ref):
     "(metrics >= the reference on both validation sets' mean, mean relative gain)."
     gains = []
@@ -129,10 +142,13 @@ def table(rows, ref):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--steps', type=int, default=800)
+    p.add_argument('--steps', type=int, default=1000, help='training steps of every variant (the record: 1000)')
     p.add_argument('--jobs', type=int, default=2)
     p.add_argument('--only', default='', help='comma-separated variant names (default: all)')
     p.add_argument('--ablate', default='', help='a variant name: also train it without each part (ABLATIONS)')
+    p.add_argument('--score-run', action='append', default=[], metavar='NAME=RUN_DIR[:KIND]',
+                   help="score a finished training run (its final/ weights) on the validation sets and record it as a row "
+                        "of KIND ('length check', 'fine-tune'), e.g. the shipped model's: msrs_ft=runs/msrs_ft:fine-tune")
     p.add_argument('--out', type=Path, default=ROOT / 'runs' / 'sweep')
     p.add_argument('--results', type=Path, default=ROOT / 'bench' / 'results' / 'quality_sweep')
     a = p.parse_args()
@@ -152,6 +168,11 @@ def main():
     rows.update({f.stem: json.loads(f.read_text()) for f in sorted(row_dir.glob('*.json'))})  # other sweep processes' rows
     if 'max' not in rows:
         rows['max'] = dict(name='max', model=None, loss=None, steps=0, val=score(lambda ir, vis: torch.maximum(ir, vis)))
+    for spec in a.score_run:
+        name, _, where = spec.partition('='); run, _, kind = where.partition(':')
+        r = score_run(name, Path(run), kind or 'length check')
+        (row_dir / f'{name}.json').write_text(json.dumps(r, indent=1)); rows[name] = r
+    if a.score_run and not a.only and not a.ablate: todo = {}
     with ProcessPoolExecutor(a.jobs) as ex:
         futs = {ex.submit(run_variant, k, v, a.steps, a.out): k for k, v in todo.items()}
         for f in futs:
@@ -185,7 +206,7 @@ def summarize(rows: dict, steps: int) -> dict:
     ref, out = rows['max'], []
     for r in rows.values():
         if r['name'] == 'max': continue
-        role = 'ablation' if '-no_' in r['name'] else ('variant' if r['steps'] == steps else 'length check')
+        role = r.get('kind') or ('ablation' if '-no_' in r['name'] else ('variant' if r['steps'] == steps else 'length check'))
         wins, gain = rank_key(r, ref)
         out.append({**r, 'role': role, 'wins_vs_max': wins, 'mean_gain_vs_max': gain})
     pool = [ref] + [r for r in out if r['role'] == 'variant']

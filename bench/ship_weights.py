@@ -77,7 +77,7 @@ def main():
                 seed=cfg['seed'], device=cfg['device'], precision=cfg['precision'], params=count_parameters(model),
                 flops_640x480=fl['flops'], final_train_loss=log[-1]['loss'] if log else None,
                 eval={k: {m: round(v, 4) for m, v in d.items()} for k, d in metrics.items()},
-                eval_pairs=a.eval_pairs, record=f'bench/results/{rec_name}/', mode=mode)
+                eval_pairs=a.eval_pairs, record=f'bench/results/{rec_name}/', mode=mode, init_weights=cfg.get('init_weights') or None)
     if mode != 'fusion-only':
         card.update(task=cfg['task'], init_weights=cfg.get('init_weights') or None, init_task=cfg.get('init_task') or None,
                     scale=cfg.get('scale'), holdout=cfg.get('holdout'), final_lambda=res.get('lam'),
@@ -88,7 +88,8 @@ def main():
               if mode == 'fusion-only' else
               f"Task-oriented SFOFusion network (mode `{mode}`, task {cfg['task']}; {card['params']:,} parameters, "
               f"{card['flops_640x480'] / 1e9:.2f} GFLOPs at 640×480), started from `{cfg.get('init_weights') or 'random weights'}` and"),
-             (f"trained {step} of {cfg['steps']} planned steps on {'; '.join(card['data'])} with the hand-made fusion loss ({', '.join(f'{k}={v}' for k, v in card['loss'].items())})"
+             (f"trained {step} of {cfg['steps']} planned steps" + (f" from `{cfg['init_weights']}` (a fine-tune)" if cfg.get('init_weights') else '')
+              + f" on {'; '.join(card['data'])} with the hand-made fusion loss ({', '.join(f'{k}={v}' for k, v in card['loss'].items())})"
               if mode == 'fusion-only' else
               f"trained {step} of {cfg['steps']} planned steps on {'; '.join(card['data'])} (images scaled by {cfg.get('scale')}, "
               f"{cfg.get('holdout')} pairs held out) with the {'learned (loss generator)' if mode == 'meta' else 'hand-made'} "
