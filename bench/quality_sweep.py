@@ -5,8 +5,10 @@
 
 Training data: MSRS (../shared, minus the test and validation lists in data/splits) and RoadScene, 128² crops.
 Scores: the evaluator's 9 metrics at full resolution on the 50 MSRS validation pairs and the 20 TNO pairs — never on
-the 60 test pairs of data/splits/msrs_test60.txt. A variant is ranked by how many metrics reach the per-pixel max's
-value on validation (a strong, parameter-free fusion), then by its mean relative gain over the max.
+the 60 test pairs of data/splits/msrs_test60.txt. Variants are ranked by their mean rank over the 9 metrics on both
+validation sets, among all variants and the per-pixel max (CRITERION below); ties by the metrics that reach the max's.
+    OMP_NUM_THREADS=1 python bench/quality_sweep.py --ablate v15_gain_ssim_sharp   # retrain it without each part
+    OMP_NUM_THREADS=1 python bench/quality_sweep.py --score-run msrs_ft=runs/msrs_ft:fine-tune   # score a finished run
 Each variant trains in runs/sweep/<name>/ and resumes there; results go to bench/results/quality_sweep/.
 """
 import argparse, json, os, sys
@@ -65,30 +67,11 @@ def train_config(name, model, loss, steps, out, seed=0):
         seed=seed, device='cpu', out_dir=str(out / name), ckpt_every=max(50, steps // 8), progress=False, log_every=10)
 
 
-def evaluate(model, names_or_folder, root, max_pairs=None):
-    "Mean metrics of `model` (or the callable `model(ir, vis)`) on the pairs `names` of `root` (ir/, vi/)."
-    from sfofusion.core import load_pair, load_gray255, to_uint8
-    from sfofusion.metrics import compute_metrics
-    root = Path(root)
-    names = names_or_folder or sorted(p.stem for p in (root / 'ir').iterdir())
-    files = {p.stem: p.name for p in (root / 'ir').iterdir()}
-    rows = []
-    for n in names[:max_pairs]:
-        ir_p, vi_p = root / 'ir' / files[n], root / 'vi' / files[n]
-        d = load_pair(ir_p, vi_p)
-        with torch.inference_mode(): fused = model(d['ir'], d['vis']).float()
-        f255 = torch.from_numpy(to_uint8(fused[0, 0]).astype(np.float32))[None, None]
-        vals = compute_metrics(f255, load_gray255(ir_p), load_gray255(vi_p), metrics=list(METRICS))
-        rows.append({k: float(v[0]) for k, v in vals.items()})
-    return {k: float(np.nanmean([r[k] for r in rows])) for k in METRICS}
-
-
-def val_names():
-    return [l.split('#')[0].strip() for l in (SPLITS / 'msrs_val50.txt').read_text().splitlines() if l.split('#')[0].strip()]
-
-
-def score(model):
-    return {'msrs_val50': evaluate(model, val_names(), SHARED / 'MSRS' / 'test'), 'tno': evaluate(model, None, SHARED / 'TNO')}
+def score(model) -> dict:
+    "Validation metrics of `model` (an nn.Module called as model(ir, vis)): MSRS val50 and TNO, full resolution."
+    from sfofusion.train import validate
+    return {'msrs_val50': validate(model, SHARED / 'MSRS' / 'test', None, METRICS, names=f'@{SPLITS}/msrs_val50.txt'),
+            'tno': validate(model, SHARED / 'TNO', None, METRICS)}
 
 
 def run_variant(name, spec, steps, out):
@@ -120,23 +103,19 @@ def score_run(name, run: Path, kind: str) -> dict:
                 lr=cfg['lr'], train_seconds=res.get('seconds'), final_loss=res.get('loss'), val=score(model))
 
 
-def rank_key(row, ref):
-    "(metrics >= the reference on both validation sets' mean, mean relative gain)."
-    gains = []
-    for m in METRICS:
-        v = np.mean([row['val'][s][m] for s in row['val']]); r = np.mean([ref['val'][s][m] for s in ref['val']])
-        gains.append((v - r) / abs(r))
-    return int(sum(g >= 0 for g in gains)), float(np.mean(gains))
+def wins_vs(row, ref) -> int:
+    "How many of the metrics reach `ref`'s value, on the mean of the validation sets."
+    mean = lambda r, m: np.mean([r['val'][s][m] for s in r['val']])
+    return int(sum(mean(row, m) >= mean(ref, m) for m in METRICS))
 
 
-def table(rows, ref):
-    head = '| variant | set | ' + ' | '.join(METRICS) + ' | ≥ max | mean gain |'
-    lines = [head, '|' + '---|' * (len(METRICS) + 4)]
+def table(rows: list) -> str:
+    "Markdown table of summarised rows (see `summarize`): each validation set's metrics, the mean rank and the wins."
+    lines = ['| variant | role | set | ' + ' | '.join(METRICS) + ' | mean rank | ≥ max |', '|' + '---|' * (len(METRICS) + 5)]
     for r in rows:
-        wins, gain = rank_key(r, ref) if r is not ref else ('', '')
-        for s in r['val']:
-            lines.append(f"| {r['name']} | {s} | " + ' | '.join(f"{r['val'][s][m]:.3f}" for m in METRICS)
-                         + (f" | {wins} | {gain:+.3f} |" if s == 'tno' and wins != '' else ' | | |'))
+        for i, s in enumerate(r['val']):
+            tail = f" | {r['mean_rank']:.2f} | {r.get('wins_vs_max', '')} |" if i == 0 else ' | | |'
+            lines.append(f"| {r['name']} | {r['role']} | {s} | " + ' | '.join(f"{r['val'][s][m]:.3f}" for m in METRICS) + tail)
     return '\n'.join(lines)
 
 
@@ -152,6 +131,11 @@ def main():
     p.add_argument('--out', type=Path, default=ROOT / 'runs' / 'sweep')
     p.add_argument('--results', type=Path, default=ROOT / 'bench' / 'results' / 'quality_sweep')
     a = p.parse_args()
+    if a.ablate and a.ablate not in VARIANTS: sys.exit(f"--ablate: unknown variant {a.ablate!r}; valid: {sorted(VARIANTS)}")
+    for spec in a.score_run:
+        run = Path(spec.partition('=')[2].partition(':')[0])
+        if '=' not in spec or not (run / 'result.json').is_file():
+            sys.exit(f"--score-run: expected NAME=RUN_DIR[:KIND] with a finished run (RUN_DIR/result.json), got {spec!r}")
     todo = {k: v for k, v in VARIANTS.items() if not a.only or k in a.only.split(',')}
     if a.ablate:
         base = VARIANTS[a.ablate]
@@ -167,7 +151,8 @@ def main():
         rows = {r['name']: r for r in (rec['rows'] if isinstance(rec, dict) else rec)}
     rows.update({f.stem: json.loads(f.read_text()) for f in sorted(row_dir.glob('*.json'))})  # other sweep processes' rows
     if 'max' not in rows:
-        rows['max'] = dict(name='max', model=None, loss=None, steps=0, val=score(lambda ir, vis: torch.maximum(ir, vis)))
+        from sfofusion.baselines import BaselineFusion
+        rows['max'] = dict(name='max', model=None, loss=None, steps=0, val=score(BaselineFusion('max')))
     for spec in a.score_run:
         name, _, where = spec.partition('='); run, _, kind = where.partition(':')
         r = score_run(name, Path(run), kind or 'length check')
@@ -182,7 +167,7 @@ def main():
     rows.update({f.stem: json.loads(f.read_text()) for f in sorted(row_dir.glob('*.json'))})
     summary = summarize(rows, a.steps)
     tmp = rows_file.with_suffix('.tmp'); tmp.write_text(json.dumps(summary, indent=1)); os.replace(tmp, rows_file)
-    md = table([rows['max']] + [rows[r['name']] for r in summary['rows'][1:]], rows['max'])
+    md = table(summary['rows'])
     (a.results / 'table.md').write_text(md + '\n')
     print(md); print('chosen:', summary['winner'])
 
@@ -207,8 +192,7 @@ def summarize(rows: dict, steps: int) -> dict:
     for r in rows.values():
         if r['name'] == 'max': continue
         role = r.get('kind') or ('ablation' if '-no_' in r['name'] else ('variant' if r['steps'] == steps else 'length check'))
-        wins, gain = rank_key(r, ref)
-        out.append({**r, 'role': role, 'wins_vs_max': wins, 'mean_gain_vs_max': gain})
+        out.append({**r, 'role': role, 'wins_vs_max': wins_vs(r, ref)})
     pool = [ref] + [r for r in out if r['role'] == 'variant']
     rank = mean_ranks(pool)
     for r in out:   # rows outside the pool are ranked as if they had joined it alone

@@ -20,7 +20,7 @@ from .core import (
     IMAGE_EXTS, FusionInputError, check_image, check_same_size, is_grey, read_image, rgb_to_ycbcr, save_image, to_tensor,
     to_uint8, ycbcr_to_rgb)
 from .data import synthetic_pair
-from .model import SFOFusion, normalize_per_image, source_select
+from .model import SFOFusion, compose_select, normalize_per_image
 
 # %% auto #0
 __all__ = ['TILE_PIXELS', 'DEFAULT_TILE', 'DEFAULT_OVERLAP', 'resolve_model', 'as_input', 'fuse_tiled', 'fuse', 'FuseReport',
@@ -98,7 +98,7 @@ def _per_image_step(model: nn.Module) -> str|None:
     c = model.config
     return 'select' if c.output_head == 'select' else ('minmax' if c.output_norm == 'minmax' else None)
 
-def _fuse_unnormalised(model: nn.Module, ir: Tensor, vis: Tensor) -> Tensor:
+def _tile_output(model: nn.Module, ir: Tensor, vis: Tensor) -> Tensor:
     "What tiles blend: (B, 2, h, w) IR share and raw residual for the 'select' head, sigmoid(logits) before a min-max stretch, else the output."
     step = _per_image_step(model)
     if step is None: return model(ir, vis)
@@ -132,15 +132,13 @@ def fuse_tiled(model: nn.Module,  # fusion network taking (B, 1, h, w) IR and VI
             for x0 in _starts(W, tw, tw - overlap):
                 win = (wy[:, None] * _window(W, x0, tw, overlap).to(ir.device)[None])[None, None]  # (1, 1, th, tw)
                 xa, xb = max(0, x0 - m), min(W, x0 + tw + m)
-                out = _fuse_unnormalised(model, ir[..., ya:yb, xa:xb], vis[..., ya:yb, xa:xb])
+                out = _tile_output(model, ir[..., ya:yb, xa:xb], vis[..., ya:yb, xa:xb])
                 out = out[..., y0 - ya:y0 - ya + th, x0 - xa:x0 - xa + tw]  # (B, C, th, tw): the margin cropped away
                 acc[..., y0:y0 + th, x0:x0 + tw] += win * out
                 wsum[..., y0:y0 + th, x0:x0 + tw] += win
         fused = acc / wsum
         if step == 'minmax': fused = normalize_per_image(fused, model.config.norm_eps)
-        if step == 'select':  # the head's own composition, once on the whole image: blend + centred residual, clipped
-            s, r = fused[:, :1], fused[:, 1:]
-            fused = torch.clamp(vis + s * (ir - vis) + r - r.mean((-2, -1), keepdim=True), 0, 1)
+        if step == 'select': fused = compose_select(ir, vis, fused[:, :1], fused[:, 1:])[0]  # once, on the whole image
     return fused.to(ir.dtype)
 
 # %% ../nbs/13_fuse.ipynb #8994d0aa

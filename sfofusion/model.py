@@ -22,8 +22,8 @@ from .spectrum import (
 # %% auto #0
 __all__ = ['PAD', 'WEIGHTS_FILE', 'CONFIG_FILE', 'SFOFusionConfig', 'SpectralChannelGate', 'FrequencyBranch', 'edge_kernels',
            'EdgeEnhance', 'ContextBlock', 'GuidedExtractor', 'DifferenceCompensation', 'normalize_per_image',
-           'source_select', 'DualDomainMerge', 'SFOFusion', 'build_model', 'count_parameters', 'weights_dir',
-           'shipped_models']
+           'compose_select', 'source_select', 'DualDomainMerge', 'SFOFusion', 'build_model', 'count_parameters',
+           'weights_dir', 'shipped_models']
 
 # %% ../nbs/03_model.ipynb #0071e759
 @dataclass
@@ -244,14 +244,22 @@ def normalize_per_image(x: Tensor, # (B, C, H, W)
     lo = x.amin((-2, -1), keepdim=True)
     return (x - lo) / (x.amax((-2, -1), keepdim=True) - lo + eps)
 
+def compose_select(ir: Tensor, vis: Tensor, # (B, 1, H, W) float in [0, 1]
+                   share: Tensor,           # (B, 1, H, W) IR share s in [0, 1]
+                   residual: Tensor,        # (B, 1, H, W) raw residual (its per-image mean is removed here)
+                  ) -> tuple[Tensor, Tensor]: # fused (B, 1, H, W) in [0, 1]; the zero-mean residual
+    "s * ir + (1 - s) * vis plus the residual minus its per-image mean, clipped to [0, 1] (the one whole-image step)."
+    r = residual - residual.mean((-2, -1), keepdim=True)            # per image: brightness comes from the sources
+    return torch.clamp(vis + share * (ir - vis) + r, 0, 1), r
+
 def source_select(ir: Tensor, vis: Tensor, # (B, 1, H, W) float in [0, 1]
-                  head: Tensor,            # (B, 2, H, W): selection correction c (logits), residual r
+                  head: Tensor,            # (B, 2, H, W): selection correction c (logits), raw residual r
                   sharpness: float=20.,    # IR-share logits per unit of ir - vis before the correction
                  ) -> tuple[Tensor, Tensor, Tensor]: # fused (B, 1, H, W) in [0, 1]; IR share s in (0, 1); zero-mean residual
     "The fused image relative to the sources: a per-pixel IR/VIS blend plus a zero-mean residual, clipped to [0, 1]."
     s = torch.sigmoid(sharpness * (ir - vis) + head[:, :1])
-    r = head[:, 1:2] - head[:, 1:2].mean((-2, -1), keepdim=True)    # per image: brightness comes from the sources
-    return torch.clamp(vis + s * (ir - vis) + r, 0, 1), s, r
+    fused, r = compose_select(ir, vis, s, head[:, 1:2])
+    return fused, s, r
 
 class DualDomainMerge(nn.Module):
     "Merge the frequency estimate and the compensation features, and decode the output head."

@@ -110,6 +110,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 # %% ../nbs/07_train.ipynb #f97d5a63
 def read_names(items: list|str, # pair names, or '@FILE' entries naming a text file of names (one a line, '#' comments)
+               arg: str='exclude', # the argument's name, for the error message
               ) -> set[str]:
     "The set of pair names in `items`, with '@FILE' entries read from their files."
     names = set()
@@ -117,7 +118,7 @@ def read_names(items: list|str, # pair names, or '@FILE' entries naming a text f
         it = str(it)
         if it.startswith('@'):
             f = Path(it[1:])
-            if not f.is_file(): raise FusionInputError(f"`exclude`: name list {f} not found")
+            if not f.is_file(): raise FusionInputError(f"`{arg}`: name list {f} not found (relative paths start at {Path.cwd()})")
             names |= {l.split('#')[0].strip() for l in f.read_text().splitlines()} - {''}
         else: names.add(Path(it).stem)
     return names
@@ -132,11 +133,15 @@ def build_train_dataset(cfg: TrainConfig):
             name, root = spec.split(':', 1)
             # fusion training needs the pairs only: labels are neither loaded nor required here
             bases.append(get_dataset(name, root, boxes=False, masks=False, skip_bad=cfg.skip_bad))
-    excluded = read_names(cfg.exclude)
+    excluded, removed = read_names(cfg.exclude), 0
     for ds in bases:
         if excluded and hasattr(ds, 'pairs'):
-            ds.pairs = [p for p in ds.pairs if p.name not in excluded]
-            if not ds.pairs: raise FusionInputError(f"`exclude`: it removes every pair of {ds!r}")
+            kept = [p for p in ds.pairs if p.name not in excluded]
+            removed += len(ds.pairs) - len(kept)
+            if not kept: raise FusionInputError(f"`exclude`: it removes every pair of {ds!r}")
+            ds.pairs = kept
+    if excluded and not removed:  # a wrong list would otherwise train on the pairs it was meant to hold out
+        raise FusionInputError(f"`exclude`: none of its {len(excluded)} names is a pair of `data` ({', '.join(cfg.data)})")
     base = bases[0] if len(bases) == 1 else torch.utils.data.ConcatDataset(bases)
     return FusionCrops(base, size=cfg.crop, seed=cfg.seed)
 
@@ -243,11 +248,11 @@ def validate(model: nn.Module, folder: Path|str, max_pairs: int|None=8, metrics=
     "Mean evaluator metrics of `model` on the first `max_pairs` pairs of `folder` (fused rounded to 8 bits)."
     was_training = model.training
     model.eval()
-    dev = next(model.parameters()).device
+    dev = next(model.parameters(), torch.empty(0)).device   # a parameter-free module (a baseline) runs on the CPU
     rows = []
     pairs = find_pairs(folder)
     if names is not None:
-        keep = read_names(names)
+        keep = read_names(names, 'names')
         pairs = [p for p in pairs if p.name in keep]
         if len(pairs) < len(keep): raise FusionInputError(f"`names`: {len(keep) - len(pairs)} of them are not pairs of {folder}")
     for p in pairs[:max_pairs]:
@@ -265,7 +270,7 @@ def initial_model(cfg: TrainConfig) -> SFOFusion:
     "The network a run starts from: fresh, or `init_weights` (with `cfg.model` overriding its saved config)."
     if not cfg.init_weights: return build_model(SFOFusionConfig(**cfg.model))
     model = SFOFusion.from_pretrained(cfg.init_weights)
-    if cfg.model:  # e.g. fine-tune with output_norm='none': the same weights in a network built with the overrides
+    if cfg.model:  # e.g. fine-tune with another select_sharpness: the same weights in a network built with the overrides
         new = build_model(SFOFusionConfig(**{**dataclasses.asdict(model.config), **cfg.model}))
         new.load_state_dict(model.state_dict())
         model = new

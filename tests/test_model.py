@@ -304,3 +304,18 @@ def test_shipped_models_flat_in_flat_out(name):
             assert float(y.max() - y.min()) < 0.5, (name, h, w, a, b)
             assert min(a, b) - 4 <= float(y.mean()) <= max(a, b) + 4, (name, h, w, a, b, float(y.mean()))
             if a == b: assert float((y - a).abs().max()) < 0.5, (name, h, w, a, float(y.mean()))
+
+
+def test_freq_detail_option():
+    "The sweep's `freq_detail` head (v18): three head channels, flat in flat out, every parameter trained, ablation-safe."
+    torch.manual_seed(0)
+    m = build_model(SFOFusionConfig(freq_detail=True))
+    assert m.merge.out.out_channels == 3
+    with torch.no_grad():
+        for p in m.merge.parameters(): p.add_(torch.randn_like(p) * 0.5)
+        y = m(torch.full((1, 1, 37, 53), .6), torch.full((1, 1, 37, 53), .6))
+    assert (y - .6).abs().max() < 1e-4
+    m(*_pair(1, 32, 40)).square().mean().backward()
+    assert m.merge.out.weight.grad[2].abs().sum() > 0            # the detail channel is trained
+    no_freq = build_model(SFOFusionConfig(freq_detail=True, use_frequency=False)).eval()
+    with torch.inference_mode(): assert torch.isfinite(no_freq(*_pair(1, 20, 24))).all()

@@ -17,3 +17,18 @@ def test_train_notebook_runs_with_injected_parameters(tmp_path):
     res = json.loads((out_dir/'result.json').read_text())
     assert res['step'] == 3
     assert (out_dir/'final'/'model.safetensors').is_file()
+
+
+SHARED = ROOT.parent / 'shared'
+
+
+@pytest.mark.skipif(not (SHARED / 'data' / 'MSRS').is_dir(), reason='needs ../shared/data (the real pairs)')
+def test_benchmark_notebook_runs_on_the_validation_split(tmp_path):
+    "The README's benchmark command with the validation key (one pair, one timing run)."
+    out_nb, out_dir = tmp_path/'bench.ipynb', tmp_path/'bench'
+    papermill.execute_notebook(str(ROOT/'nbs'/'22_benchmark.ipynb'), str(out_nb), cwd=str(ROOT/'nbs'), progress_bar=False,
+                               parameters=dict(datasets=['msrs_val50'], max_pairs=1, timing_runs=1, out_dir=str(out_dir)))
+    res = json.loads((out_dir/'results.json').read_text())
+    assert res['datasets']['msrs_val50']['pairs'] == 1
+    val = {l.split('#')[0].strip() for l in (ROOT/'data'/'splits'/'msrs_val50.txt').read_text().splitlines()} - {''}
+    assert {p.stem for p in (out_dir/'fused'/'max'/'MSRS').iterdir()} <= val

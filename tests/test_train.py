@@ -133,3 +133,19 @@ def test_bad_data_raises_or_is_skipped_with_a_warning(tmp_path):
     with pytest.warns(SkippedDataWarning, match='007'):
         res = train(cfg.override(skip_bad=True))
     assert res['step'] == 4
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'MSRS').is_dir(),
+                    reason='needs ../shared/data (the real pairs)')
+def test_shipped_configs_keep_test_and_validation_pairs_out(monkeypatch):
+    "bench/configs/*.yaml, read as the README runs them (from the repository root), train on none of the held-out pairs."
+    from sfofusion.train import TrainConfig, build_train_dataset, read_names
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    held_out = read_names(['@data/splits/msrs_test60.txt', '@data/splits/msrs_val50.txt'])
+    assert len(held_out) == 110
+    for name in ('msrs.yaml', 'msrs_finetune.yaml'):
+        cfg = TrainConfig.load(root / 'bench' / 'configs' / name)
+        ds = build_train_dataset(cfg).dataset              # FusionCrops over the concatenated datasets
+        names = [p.name for d in ds.datasets for p in d.pairs]
+        assert len(names) == 161 + 171 and not held_out & set(names), name
