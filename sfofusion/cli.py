@@ -6,11 +6,11 @@ Docs: https://github.com/sfofusion/sfofusion/cli.html.md"""
 
 # %% ../nbs/09_cli.ipynb #5052aaf1
 from __future__ import annotations
-import argparse, sys
+import argparse, os, re, signal, sys, warnings
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['build_parser', 'main']
+__all__ = ['build_parser', 'check_out_file', 'user_message', 'main']
 
 # %% ../nbs/09_cli.ipynb #6cf96b7e
 def _add_fuse(sub):
@@ -19,7 +19,7 @@ def _add_fuse(sub):
     p.add_argument('--vi', help='visible folder, file or quoted glob')
     p.add_argument('--out', type=Path, help='output folder (one PNG per pair, named by stem)')
     p.add_argument('--model', default='msrs', help="shipped model name or a folder with model.safetensors + config.json (default: msrs)")
-    p.add_argument('--device', default='cpu')
+    p.add_argument('--device', default='cpu', help="'cpu' (default), 'cuda', 'cuda:N' or 'mps'")
     p.add_argument('--batch-size', type=int, default=1, help='pairs of the same size fused together')
     p.add_argument('--gray', action='store_true', help='save the fused Y channel only')
     p.add_argument('--overwrite', action='store_true', help='replace existing outputs (default: skip them)')
@@ -29,12 +29,13 @@ def _add_fuse(sub):
     p.set_defaults(func=_run_fuse)
 
 def _run_fuse(a) -> int:
+    from sfofusion.core import FusionInputError
     from sfofusion.fuse import demo, fuse_folder
     if a.demo:
         demo(a.demo, model=a.model, device=a.device)
         return 0
     missing = [f"--{k}" for k in ('ir', 'vi', 'out') if getattr(a, k) is None]
-    if missing: raise SystemExit(f"sfofusion fuse: error: {', '.join(missing)} required (or --demo OUTDIR)")
+    if missing: raise FusionInputError(f"{', '.join(missing)} required (or --demo OUTDIR)")
     rep = fuse_folder(a.ir, a.vi, a.out, model=a.model, device=a.device, batch_size=a.batch_size, gray=a.gray,
                       overwrite=a.overwrite, resize=a.resize, progress=True, tile=a.tile)
     print(rep.summary())
@@ -47,30 +48,51 @@ def _add_eval(sub):
     p.add_argument('--fused', required=True, type=Path, help='folder of fused images')
     p.add_argument('--ir', required=True, type=Path, help='folder of infrared sources')
     p.add_argument('--vi', required=True, type=Path, help='folder of visible sources')
-    p.add_argument('--out', type=Path, help='per-image CSV to write (atomically)')
+    p.add_argument('--out', type=Path, help='per-image CSV to write (atomically; must end in .csv)')
     p.add_argument('--metrics', help='comma-separated subset, e.g. EN,SD,VIF (default: all)')
+    p.add_argument('--names', action='append', metavar='NAME|@FILE',
+                   help='score only these pairs: names, or @FILE with one name a line (repeatable; default: every fused image)')
+    p.add_argument('--allow-missing', action='store_true',
+                   help='exit 0 even when some source pairs have no fused image (they are still listed)')
     p.add_argument('--ssim-data-range', type=float, default=2.0,
                    help="SSIM data_range: 2 reproduces published tables (default), 255 is the corrected convention")
     p.add_argument('--reduce-sources', choices=['sum', 'mean'], default='sum',
                    help="combine the two per-source values of MI, VIF and SSIM by 'sum' (default, as published) or 'mean'")
     p.add_argument('--mi-unit', choices=['nats', 'bits'], default='nats', help='MI in nats (default, as published) or bits')
-    p.add_argument('--psnr-peak', default='max', help="PSNR peak: 'max' (max of F, as published) or a number such as 255")
-    p.add_argument('--device', default='cpu', help="torch device for the metric computation (default cpu)")
+    p.add_argument('--psnr-peak', default='max', type=_peak, help="PSNR peak: 'max' (max of F, as published) or a number such as 255")
+    p.add_argument('--device', default='cpu', help="torch device for the metric computation: 'cpu' (default), 'cuda', 'cuda:N'")
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.set_defaults(func=_run_eval)
 
+def _peak(s: str) -> str|float:
+    "--psnr-peak: 'max' or a positive number."
+    if s == 'max': return s
+    try: v = float(s)
+    except ValueError: v = float('nan')
+    if not v > 0: raise argparse.ArgumentTypeError(f"expected 'max' or a number > 0 such as 255, got {s!r}")
+    return v
+
 def _run_eval(a) -> int:
+    from sfofusion.core import FusionInputError, resolve_device
     from sfofusion.metrics import evaluate_folders
+    from sfofusion.train import read_names
+    if a.out is not None: check_out_file(a.out, '--out', '.csv')
     metrics = [m.strip() for m in a.metrics.split(',')] if a.metrics else None
-    peak = a.psnr_peak if a.psnr_peak == 'max' else float(a.psnr_peak)
-    res = evaluate_folders(a.fused, a.ir, a.vi, metrics=metrics, progress=not a.no_progress, device=a.device,
-                           ssim_data_range=a.ssim_data_range, reduce_sources=a.reduce_sources, mi_unit=a.mi_unit,
-                           psnr_peak=peak)
+    names = sorted(read_names(a.names, '--names')) if a.names else None
+    if names is not None:                       # pair names -> the fused files that carry them
+        from sfofusion.core import list_images
+        fused = list_images(a.fused)
+        lost = [n for n in names if n not in fused]
+        if lost: raise FusionInputError(f"--names: no fused image for {len(lost)} of them in {a.fused}: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}")
+        names = [fused[n].name for n in names]
+    res = evaluate_folders(a.fused, a.ir, a.vi, metrics=metrics, progress=not a.no_progress, device=resolve_device(a.device),
+                           names=names, ssim_data_range=a.ssim_data_range, reduce_sources=a.reduce_sources, mi_unit=a.mi_unit,
+                           psnr_peak=a.psnr_peak)
     print(res.to_markdown())
     if a.out:
         res.to_csv(a.out)
         print(f"per-image values written to {a.out}")
-    return 0
+    return 1 if res.failed or (res.missing and not a.allow_missing) else 0
 
 # %% ../nbs/09_cli.ipynb #8d235527
 def _add_data(sub):
@@ -78,7 +100,7 @@ def _add_data(sub):
     dsub = p.add_subparsers(dest='data_cmd', required=True, metavar='{fetch,check}')
     f = dsub.add_parser('fetch', help='download and unpack a dataset', description='Download (with resume), verify and unpack a dataset.')
     f.add_argument('name', help='dataset name (see `sfofusion data list`)')
-    f.add_argument('--to', type=Path, default=Path('data'), help='destination folder (default: data/)')
+    f.add_argument('--to', type=Path, help='the dataset folder to create (default: data/NAME, e.g. data/MSRS)')
     f.add_argument('--url', help='override the download address')
     f.add_argument('--sha256', help='expected SHA-256 of the archive')
     f.add_argument('--archive', type=Path, help='use an archive already downloaded by hand instead of downloading')
@@ -87,22 +109,21 @@ def _add_data(sub):
     c = dsub.add_parser('check', help='validate a dataset folder', description='Validate a dataset folder and print a summary.')
     c.add_argument('root', type=Path, help='dataset folder')
     c.add_argument('--name', help='dataset kind (default: guessed from the layout)')
+    c.add_argument('--require-labels', action='store_true', help='pairs without box or mask labels are problems (default: notes)')
     c.set_defaults(func=_run_check)
     l = dsub.add_parser('list', help='list the known datasets')
     l.set_defaults(func=_run_list)
 
 def _run_fetch(a) -> int:
-    from sfofusion.data import fetch_dataset, DatasetDownloadError
-    try: out = fetch_dataset(a.name, a.to, url=a.url, sha256=a.sha256, archive=a.archive, progress=not a.no_progress)
-    except DatasetDownloadError as e:
-        print(f"sfofusion data fetch: {e}", file=sys.stderr)
-        return 1
+    from sfofusion.data import default_dataset_dir, fetch_dataset
+    out = fetch_dataset(a.name, a.to or default_dataset_dir(a.name), url=a.url, sha256=a.sha256, archive=a.archive,
+                        progress=not a.no_progress)
     print(f"{a.name} ready in {out}")
     return 0
 
 def _run_check(a) -> int:
     from sfofusion.data import check_dataset
-    rep = check_dataset(a.root, name=a.name)
+    rep = check_dataset(a.root, name=a.name, require_labels=a.require_labels)
     print(rep.summary())
     return 0 if rep.ok else 1
 
@@ -121,7 +142,10 @@ def _add_train(sub):
     p.add_argument('--out-dir', help='output folder (checkpoints, logs, figures)')
     p.add_argument('--steps', type=int, help='number of optimisation steps')
     p.add_argument('--device', help="'cpu', 'cuda', 'cuda:1', or 'auto'")
-    p.add_argument('--resume', action='store_true', help='continue from the latest checkpoint in the output folder')
+    p.add_argument('--resume', action='store_true', help='continue the run in the output folder from its latest checkpoint (same config)')
+    p.add_argument('--overwrite', action='store_true', help='replace a run already in the output folder (default: refuse)')
+    p.add_argument('--dry-run', action='store_true',
+                   help='check the config, data, device, model and output folder, then stop without writing anything')
     p.add_argument('--skip-bad', action='store_true',
                    help='skip unmatched/unreadable pairs and bad labels with a warning listing them (default: stop with an error)')
     p.add_argument('--task', choices=['detection', 'segmentation'],
@@ -130,20 +154,31 @@ def _add_train(sub):
                    help="with --task: 'meta' (three loops, default), 'direct' (fusion + lambda * task loss), 'fusion'")
     p.set_defaults(func=_run_train)
 
+def _settings(items: list[str]) -> dict:
+    "--set KEY=VALUE items as a dict (a repeated key: the last one wins)."
+    bad = [s for s in items if '=' not in s or not s.split('=', 1)[0].strip()]
+    from sfofusion.core import FusionInputError
+    if bad: raise FusionInputError(f"--set: expected KEY=VALUE, got {bad[0]!r}")
+    return {k.strip(): v for k, v in (s.split('=', 1) for s in items)}
+
 def _run_train(a) -> int:
-    if a.mode and not a.task: raise SystemExit("sfofusion train: error: --mode needs --task")
+    from sfofusion.core import FusionInputError
+    if a.mode and not a.task: raise FusionInputError("--mode needs --task (detection or segmentation)")
     if a.task:
         from sfofusion.meta import MetaConfig as Config, train_meta as run
     else:
         from sfofusion.train import TrainConfig as Config, train as run
-    cfg = Config.load(a.config) if a.config else Config()
-    over = dict(kv.split('=', 1) for kv in a.set)
+    from sfofusion.train import read_config_file
+    over = {**(read_config_file(a.config) if a.config else {}), **_settings(a.set)}
     for k in ('out_dir', 'steps', 'device', 'task', 'mode'):
         if getattr(a, k, None) is not None: over[k] = getattr(a, k)
     if a.skip_bad: over['skip_bad'] = True
-    cfg = cfg.override(**over)
-    res = run(cfg, resume=a.resume)
-    print(f"done: {res['step']} steps, final loss {res['loss']:.4f}, weights in {Path(cfg.out_dir)/'final'}")
+    cfg = Config().override(**over)            # every field checked here, before any work
+    res = run(cfg, resume=a.resume, overwrite=a.overwrite, dry_run=a.dry_run)
+    if a.dry_run: return 0
+    loss = res.get('loss')
+    print(f"done: {res['step']} steps, final loss {loss:.4f}" if isinstance(loss, (int, float)) else f"done: {res['step']} steps",
+          f"weights in {Path(cfg.out_dir)/'final'}", sep=', ')
     return 0
 
 # %% ../nbs/09_cli.ipynb #5f60fc73
@@ -152,18 +187,72 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='sfofusion', description='SFOFusion: infrared-visible image fusion.')
     from sfofusion import __version__
     p.add_argument('--version', action='version', version=f'sfofusion {__version__}')
+    p.add_argument('--debug', action='store_true', help='show the full traceback of an error (also: SFOFUSION_DEBUG=1)')
     sub = p.add_subparsers(dest='cmd', required=True, metavar='{fuse,eval,data,train}')
     for add in (_add_fuse, _add_eval, _add_data, _add_train): add(sub)
     return p
 
-def main(argv: list[str]|None=None) -> int:
-    "Run the `sfofusion` command line; returns the exit code."
+def check_out_file(path: Path, flag: str, suffix: str) -> None:
+    "Raise unless `path` can be written as a file: the right suffix, not a folder, no file where a parent folder should be."
     from sfofusion.core import FusionInputError
-    args = build_parser().parse_args(argv)
-    try: return args.func(args)
-    except (FusionInputError, FileNotFoundError) as e:
-        print(f"sfofusion {args.cmd}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"sfofusion {args.cmd}: interrupted", file=sys.stderr)
-        return 130
+    if path.suffix.lower() != suffix: raise FusionInputError(f"{flag}: expected a {suffix} file name, got {path}")
+    if path.is_dir(): raise FusionInputError(f"{flag}: {path} is a folder; expected a {suffix} file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir(): raise FusionInputError(f"{flag}: {parent} is a file, so {path} cannot be created")
+            break
+
+# %% ../nbs/09_cli.ipynb #29d4d205
+_ALIASES = {'name_or_path': '--model', 'ir_dir': '--ir', 'vi_dir': '--vi', 'vis': '--vi', 'fused_dir': '--fused', 'root': 'ROOT'}
+
+def _flags(parser: argparse.ArgumentParser, cmd: list[str]) -> dict[str, str]:
+    "Python argument name -> flag, for the subcommand `cmd` (e.g. ['data', 'fetch'])."
+    for name in cmd:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or name not in subs[0].choices: break
+        parser = subs[0].choices[name]
+    flags = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and a.dest != 'help'}
+    return {**{k: v for k, v in _ALIASES.items() if v in flags.values() or v == 'ROOT'}, **flags}
+
+def user_message(msg: str, flags: dict[str, str]) -> str:
+    "One line: the library's `name` written as the flag the user typed (`--name`); config fields keep their names."
+    line = ' '.join(str(msg).split())
+    return re.sub(r'(?<!config field )`(\w+)`', lambda m: flags.get(m.group(1), m.group(0)), line)
+
+# %% ../nbs/09_cli.ipynb #1e9bda62
+def _warn_line(cmd: str):
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"sfofusion {cmd}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    return show
+
+def _on_sigterm(signum, frame): raise KeyboardInterrupt
+
+def main(argv: list[str]|None=None) -> int:
+    "Run the `sfofusion` command line; returns the exit code (0 done, 1 work failed, 2 usage error, 130 interrupted)."
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cmd = ' '.join(x for x in (args.cmd, getattr(args, 'data_cmd', None)) if x)
+    debug = args.debug or os.environ.get('SFOFUSION_DEBUG', '') not in ('', '0')
+    def fail(msg: str, code: int) -> int:
+        print(f"sfofusion {cmd}: {msg}", file=sys.stderr)
+        return code
+    old = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _warn_line(cmd)
+            return args.func(args)
+    except KeyboardInterrupt: return fail("interrupted", 130)
+    except Exception as e:
+        if debug: raise
+        from sfofusion.core import FusionInputError
+        from sfofusion.data import DatasetDownloadError
+        if isinstance(e, FusionInputError): return fail(f"error: {user_message(e, _flags(parser, cmd.split()))}", 2)
+        if isinstance(e, DatasetDownloadError): return fail(f"error: {user_message(e, {})}", 1)
+        if isinstance(e, OSError): return fail(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", 1)
+        return fail(f"internal error: {type(e).__name__}: {user_message(e, {})} (a bug: rerun with --debug for the traceback, and report it)", 1)
+    finally:
+        if old is not None: signal.signal(signal.SIGTERM, old)
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()

@@ -6,7 +6,7 @@ Docs: https://github.com/sfofusion/sfofusion/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #3fc94d32
 from __future__ import annotations
-import os, re, tempfile, warnings
+import contextlib, os, re, tempfile, threading, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +16,10 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'PAIR_LAYOUTS', 'FusionInputError', 'check_image', 'check_same_size', 'Pair', 'list_images',
-           'find_layout', 'find_pairs', 'read_image', 'is_grey', 'to_tensor', 'rgb_to_ycbcr', 'ycbcr_to_rgb',
-           'load_image', 'load_pair', 'load_gray255', 'to_uint8', 'atomic_write_bytes', 'save_image', 'shared_dir']
+__all__ = ['IMAGE_EXTS', 'PAIR_LAYOUTS', 'TMP_SUFFIX', 'FusionInputError', 'check_image', 'check_same_size', 'Pair',
+           'list_images', 'find_layout', 'find_pairs', 'read_image', 'is_grey', 'to_tensor', 'native_stderr',
+           'decode_image', 'rgb_to_ycbcr', 'ycbcr_to_rgb', 'load_image', 'load_pair', 'load_gray255', 'to_uint8',
+           'atomic_write_bytes', 'stale_temp_files', 'save_image', 'resolve_device', 'shared_dir']
 
 # %% ../nbs/00_core.ipynb #f0bccacb
 class FusionInputError(ValueError):
@@ -121,9 +122,7 @@ def read_image(path: Path|str) -> np.ndarray:
     if not path.is_file(): raise FusionInputError(f"{path}: file not found")
     if path.suffix.lower() not in IMAGE_EXTS:
         raise FusionInputError(f"{path}: not an image file (expected one of {', '.join(IMAGE_EXTS)})")
-    buf = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
-    if img is None: raise FusionInputError(f"{path}: cannot decode the image (corrupt, truncated or not really a {path.suffix} file)")
+    img = decode_image(path, cv2.IMREAD_UNCHANGED)
     if img.dtype not in (np.uint8, np.uint16): raise FusionInputError(f"{path}: unsupported pixel type {img.dtype} (expected 8- or 16-bit)")
     if img.ndim == 3 and img.shape[2] == 1: img = img[..., 0]
     if img.ndim == 3:
@@ -141,6 +140,43 @@ def to_tensor(img: np.ndarray) -> Tensor:
     scale = 65535. if img.dtype == np.uint16 else 255.
     t = torch.from_numpy(np.ascontiguousarray(img).astype(np.float32) / scale)
     return t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
+
+# %% ../nbs/00_core.ipynb #3d0e29b0
+_STDERR_LOCK = threading.Lock()
+
+@contextlib.contextmanager
+def native_stderr():
+    "Capture what C libraries write to file descriptor 2 while the block runs; yields a list that receives the text."
+    got = []
+    if not _STDERR_LOCK.acquire(blocking=False): yield got; return  # another thread is capturing: fd 2 is process-wide
+    try:
+        try: fd = os.dup(2)
+        except OSError: yield got; return        # no stderr to capture (e.g. a closed descriptor)
+        with tempfile.TemporaryFile() as f:
+            try:
+                os.dup2(f.fileno(), 2)
+                yield got
+            finally:
+                os.dup2(fd, 2); os.close(fd)
+                f.seek(0)
+                got.append(f.read().decode(errors='replace'))
+    finally: _STDERR_LOCK.release()
+
+def _native_lines(text: str) -> str:
+    "The native messages as one line: OpenCV's log prefixes dropped, lines joined by '; '."
+    lines = [re.sub(r'^\[ ?\w+:\d+@[\d.]+\] global \S+ ', '', l.strip()) for l in text.splitlines()]
+    return '; '.join(l for l in lines if l)
+
+def decode_image(path: Path, flags: int) -> np.ndarray:
+    "Decode the image file `path` with OpenCV `flags`; a file that cannot be decoded raises `FusionInputError` with the codec's reason."
+    buf = np.fromfile(str(path), dtype=np.uint8)
+    with native_stderr() as out: img = cv2.imdecode(buf, flags) if buf.size else None
+    why = _native_lines(out[0]) if out else ''
+    if img is None:
+        what = 'an empty file' if not buf.size else f"corrupt, truncated or not really a {path.suffix} file"
+        raise FusionInputError(f"{path}: cannot decode the image ({what}{': ' + why if why else ''})")
+    if why: warnings.warn(f"{path}: {why}", stacklevel=3)
+    return img
 
 # %% ../nbs/00_core.ipynb #09f8a5f8
 _Y = (0.299, 0.587, 0.114)  # BT.601 luma weights
@@ -196,8 +232,7 @@ def load_gray255(path: Path|str) -> Tensor:
     "The evaluator's convention: (1, 1, H, W) float32 grey levels 0..255, rounded, as OpenCV's BGR2GRAY of `imread`."
     path = Path(path)
     if not path.is_file(): raise FusionInputError(f"{path}: file not found")
-    img = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_COLOR)
-    if img is None: raise FusionInputError(f"{path}: cannot decode the image")
+    img = decode_image(path, cv2.IMREAD_COLOR)
     g = np.round(cv2.cvtColor(img.astype(np.float32), cv2.COLOR_BGR2GRAY))
     return torch.from_numpy(g)[None, None]
 
@@ -207,21 +242,31 @@ def to_uint8(x: Tensor|np.ndarray) -> np.ndarray:
     a = x.detach().float().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float32)
     return np.floor(np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
 
+TMP_SUFFIX = '.tmp'  # suffix of the temporary files of atomic writes
+
 def atomic_write_bytes(path: Path|str, data: bytes) -> Path:
     "Write `data` to `path` through a temporary file in the same folder and an atomic rename."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=TMP_SUFFIX, dir=path.parent)
         umask = os.umask(0); os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the result the usual permissions
         with os.fdopen(fd, 'wb') as f:
             f.write(data); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
+        if tmp is not None and os.path.exists(tmp): os.unlink(tmp)
         raise
     return path
+
+def stale_temp_files(folder: Path|str) -> list[Path]:
+    "Temporary files that an interrupted `atomic_write_bytes` left in `folder` (`.NAME.XXXXXXXX.tmp`; only ours)."
+    folder = Path(folder)
+    if not folder.is_dir(): return []
+    pat = re.compile(r'^\.(.+)\.[A-Za-z0-9_]{8}' + re.escape(TMP_SUFFIX) + '$')
+    return sorted(p for p in folder.iterdir() if p.is_file() and pat.match(p.name))
 
 def save_image(path: Path|str,      # destination (.png, .jpg, .bmp or .tif)
                x: Tensor|np.ndarray, # (H, W), (C, H, W) or (1, C, H, W); C = 1 grey or 3 RGB; float in [0, 1]
@@ -240,6 +285,29 @@ def save_image(path: Path|str,      # destination (.png, .jpg, .bmp or .tif)
     ok, buf = cv2.imencode(path.suffix, a)
     if not ok: raise FusionInputError(f"`path`: OpenCV could not encode {path.suffix}")
     return atomic_write_bytes(path, buf.tobytes())
+
+# %% ../nbs/00_core.ipynb #c49a95a9
+def resolve_device(device: str|torch.device, # 'cpu', 'cuda', 'cuda:N', 'mps', or 'auto' when `allow_auto`
+                   arg: str='device',        # the argument's name, for the error message
+                   allow_auto: bool=False,   # accept 'auto' (CUDA if available, else CPU)
+                  ) -> torch.device:
+    "The torch device named by `device`, checked to exist on this machine."
+    if isinstance(device, str) and device == 'auto' and allow_auto:
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    valid = "'cpu', 'cuda', 'cuda:N' or 'mps'" + (" or 'auto'" if allow_auto else '')
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError): raise FusionInputError(f"`{arg}`: expected {valid}, got {device!r}") from None
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            why = 'this torch build has no CUDA' if torch.version.cuda is None else 'no CUDA device is visible'
+            raise FusionInputError(f"`{arg}`: {str(device)!r} requested but {why} (torch {torch.__version__}); use 'cpu'")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise FusionInputError(f"`{arg}`: {str(device)!r} requested but there are {n} CUDA device(s) (cuda:0 .. cuda:{n - 1})")
+    elif dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
+        raise FusionInputError(f"`{arg}`: 'mps' requested but MPS is not available here; use 'cpu'")
+    elif dev.type not in ('cpu', 'cuda', 'mps'): raise FusionInputError(f"`{arg}`: expected {valid}, got {device!r}")
+    return dev
 
 # %% ../nbs/00_core.ipynb #bd40daa8
 def shared_dir() -> Path|None:

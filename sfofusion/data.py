@@ -6,7 +6,7 @@ Docs: https://github.com/sfofusion/sfofusion/data.html.md"""
 
 # %% ../nbs/05_data.ipynb #e7a74273
 from __future__ import annotations
-import hashlib, http.client, os, shutil, sys, tarfile, tempfile, urllib.error, urllib.parse, urllib.request, warnings, zipfile
+import hashlib, http.client, lzma, os, re, shutil, sys, tarfile, tempfile, urllib.error, urllib.parse, urllib.request, warnings, zipfile, zlib
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,8 +28,8 @@ __all__ = ['BOX_TOL_PX', 'IGNORE_INDEX', 'MSRS_SEG_CLASSES', 'M3FD_CLASSES', 'DA
            'read_class_names', 'parse_mask', 'read_mask', 'Layout', 'SkippedDataWarning', 'FusionDataset',
            'missing_labels', 'inspect_pair', 'find_box_sources', 'MSRS', 'FMB', 'M3FD', 'LLVIP', 'PairFolder', 'TNO',
            'RoadScene', 'get_dataset', 'detect_dataset', 'synthetic_pair', 'SyntheticPairs', 'crop_boxes',
-           'FusionCrops', 'collate_fusion', 'DatasetSource', 'DatasetDownloadError', 'sha256_file', 'download',
-           'extract_archive', 'fetch_dataset', 'DatasetReport', 'check_dataset']
+           'FusionCrops', 'collate_fusion', 'DatasetSource', 'DatasetDownloadError', 'sha256_file',
+           'default_dataset_dir', 'download', 'extract_archive', 'fetch_dataset', 'DatasetReport', 'check_dataset']
 
 # %% ../nbs/05_data.ipynb #b89fc8a5
 BOX_TOL_PX = 1.0  # a box edge may lie this many pixels outside the image (rounding by annotation tools) and is clipped; beyond is an error
@@ -823,7 +823,30 @@ def _verify(path: Path, sha256: str|None, what: str, remove: bool) -> str:
                                    + ("; the file was removed, run again to download it anew" if remove else ""))
     return got
 
+# %% ../nbs/05_data.ipynb #7e30fe5d
+def _source_key(name: str) -> str:
+    "The `DATASET_SOURCES` key of `name` (case-insensitive); unknown names raise and list the valid ones."
+    key = str(name).lower()
+    if key not in DATASET_SOURCES: raise FusionInputError(f"`name`: unknown dataset {name!r}; valid names: {', '.join(DATASET_SOURCES)}")
+    return key
+
+def default_dataset_dir(name: str,             # a key of DATASET_SOURCES (case-insensitive)
+                        base: Path|str='data', # the folder that holds the datasets
+                       ) -> Path:              # `base/<class name>`, e.g. data/MSRS
+    "The folder dataset `name` goes to by default: `base` / the name of its dataset class."
+    return Path(base)/DATASETS[_source_key(name)].__name__
+
 # %% ../nbs/05_data.ipynb #d27de7ae
+def _check_url(url: str|None) -> None:
+    "Raise unless `url` is None or an http(s) address."
+    if url is not None and urllib.parse.urlparse(str(url)).scheme not in ('http', 'https'):
+        raise FusionInputError(f"`url`: expected an http:// or https:// address, got {url!r}")
+
+def _check_sha256(sha256: str|None) -> None:
+    "Raise unless `sha256` is None or 64 hex digits (a typo must not make a good download look corrupt)."
+    if sha256 is not None and not re.fullmatch(r'[0-9a-fA-F]{64}', str(sha256)):
+        raise FusionInputError(f"`sha256`: expected 64 hex digits, got {sha256!r} ({len(str(sha256))} characters)")
+
 def download(url: str,             # http(s) URL of the file
              dest: Path|str,       # where the complete file goes; `<dest>.part` holds a partial download
              sha256: str|None=None, # expected SHA-256 (hex), or None to print the computed one
@@ -831,6 +854,7 @@ def download(url: str,             # http(s) URL of the file
              timeout: float=30.,   # seconds to wait for the server (per connection and read)
             ) -> Path:
     "Download `url` to `dest`, resuming `<dest>.part` with an HTTP Range request, and verify its SHA-256."
+    _check_url(url); _check_sha256(sha256)
     dest = Path(dest)
     if dest.is_file():
         _verify(dest, sha256, url, remove=True)
@@ -879,6 +903,9 @@ def _progress(total: int|None, initial: int, desc: str, show: bool):
     return tqdm(total=total, initial=initial, unit='B', unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr)
 
 # %% ../nbs/05_data.ipynb #a1cfbf21
+_DAMAGED = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)  # what reading a damaged archive raises
+_MAGIC = {b'PK': 'a zip', b'\x1f\x8b': 'gzip data', b'BZh': 'bzip2 data', b'\xfd7zXZ': 'xz data'}  # first bytes -> what the file starts like
+
 def _safe_member(name: str) -> PurePosixPath:
     "The relative path of an archive member, or raise if it is absolute or climbs out with `..`."
     p = PurePosixPath(name.replace('\\', '/'))
@@ -886,37 +913,56 @@ def _safe_member(name: str) -> PurePosixPath:
         raise DatasetDownloadError(f"unsafe path in archive: {name!r} (absolute or outside the archive); nothing was extracted")
     return p
 
+def _extract_zip(archive: Path, to: Path) -> None:
+    "Check every member of the zip `archive`, then extract it into `to`."
+    with zipfile.ZipFile(archive) as z:
+        infos = z.infolist()
+        for i in infos:
+            _safe_member(i.filename)
+            if (i.external_attr >> 16) & 0o170000 == 0o120000:
+                raise DatasetDownloadError(f"archive member {i.filename!r} is a symbolic link; nothing was extracted")
+        to.mkdir(parents=True, exist_ok=True)
+        for i in infos:
+            dst = to/_safe_member(i.filename)
+            if i.is_dir(): dst.mkdir(parents=True, exist_ok=True); continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with z.open(i) as src, open(dst, 'wb') as f: shutil.copyfileobj(src, f, _CHUNK)
+
+def _extract_tar(archive: Path, to: Path) -> None:
+    "Check every member of the tar `archive`, then extract it into `to` (with the 'data' filter where Python has it)."
+    with tarfile.open(archive, 'r:*') as t:
+        members = t.getmembers()
+        for m in members:
+            _safe_member(m.name)
+            if not (m.isfile() or m.isdir()):
+                raise DatasetDownloadError(f"archive member {m.name!r} is a link or special file; nothing was extracted")
+        to.mkdir(parents=True, exist_ok=True)
+        kw = dict(filter='data') if hasattr(tarfile, 'data_filter') else {}
+        t.extractall(to, members=members, **kw)
+
+
+# %% ../nbs/05_data.ipynb #f7698a28
 def extract_archive(archive: Path|str, # a .zip or .tar / .tar.gz / .tar.bz2 / .tar.xz file (detected from its content)
                     to: Path|str,      # folder to extract into (created)
                    ) -> Path:
     "Extract `archive` into `to`, rejecting absolute paths, `..`, links and special files before writing anything."
     archive, to = Path(archive), Path(to)
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as z:
-            infos = z.infolist()
-            for i in infos:
-                _safe_member(i.filename)
-                if (i.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise DatasetDownloadError(f"archive member {i.filename!r} is a symbolic link; nothing was extracted")
-            to.mkdir(parents=True, exist_ok=True)
-            for i in infos:
-                dst = to/_safe_member(i.filename)
-                if i.is_dir(): dst.mkdir(parents=True, exist_ok=True); continue
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                with z.open(i) as src, open(dst, 'wb') as f: shutil.copyfileobj(src, f, _CHUNK)
-        return to
-    if tarfile.is_tarfile(archive):
-        with tarfile.open(archive, 'r:*') as t:
-            members = t.getmembers()
-            for m in members:
-                _safe_member(m.name)
-                if not (m.isfile() or m.isdir()):
-                    raise DatasetDownloadError(f"archive member {m.name!r} is a link or special file; nothing was extracted")
-            to.mkdir(parents=True, exist_ok=True)
-            kw = dict(filter='data') if hasattr(tarfile, 'data_filter') else {}
-            t.extractall(to, members=members, **kw)
-        return to
-    raise DatasetDownloadError(f"{archive} is neither a zip nor a tar archive")
+    if zipfile.is_zipfile(archive): unpack = _extract_zip
+    elif tarfile.is_tarfile(archive): unpack = _extract_tar
+    else:
+        with open(archive, 'rb') as f: head = f.read(8)
+        like = next((f"; it starts like {w}: truncated or damaged?" for m, w in _MAGIC.items() if head.startswith(m)), '')
+        raise DatasetDownloadError(f"{archive} is neither a zip nor a tar archive (it starts with {head!r}{like})")
+    created = not to.exists()
+    try: unpack(archive, to)
+    except DatasetDownloadError as e: raise DatasetDownloadError(f"{archive}: {e}") from None
+    except (*_DAMAGED, OSError) as e:
+        if created: shutil.rmtree(to, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno is not None:  # the disk, not the archive (full, read-only, ...)
+            raise DatasetDownloadError(f"could not extract {archive} into {to}: {e}") from None
+        left = 'nothing was extracted' if created else f"what was extracted before it stays in {to}"
+        raise DatasetDownloadError(f"{archive} is damaged or truncated ({type(e).__name__}: {e}); {left}") from None
+    return to
 
 def _apply_layout(src: Path, dst: Path, layout: dict) -> None:
     "Move `src` to `dst` ({} layout), or each `layout` entry src/a -> dst/b."
@@ -924,54 +970,126 @@ def _apply_layout(src: Path, dst: Path, layout: dict) -> None:
     dst.mkdir(parents=True)
     for a, b in layout.items():
         if not (src/a).exists():
-            raise DatasetDownloadError(f"the archive has no {a!r} (found {sorted(p.name for p in src.iterdir())}); "
-                                       "its layout changed: pass layout= to map it")
+            raise DatasetDownloadError(f"the archive has no {a!r} (found {sorted(p.name for p in src.iterdir())}): another "
+                                       "dataset's archive, or its layout changed: pass layout= to map it")
         (dst/b).parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(src/a), str(dst/b))
 
+# %% ../nbs/05_data.ipynb #0c6c52aa
+def _running(pid: int) -> bool:
+    "Whether process `pid` may still run here (True where this cannot be told, so its folder is left alone)."
+    if pid == os.getpid() or os.name != 'posix': return True
+    try: os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError: return False
+    except OSError: return True
+    return True
+
+def _stale_tmp(to: Path) -> list[Path]:
+    "Temporary folders `.<to.name>.[<pid>-]XXXXXXXX.tmp` beside `to` whose fetch is no longer running."
+    if not to.parent.is_dir(): return []
+    pat = re.compile(rf'\.{re.escape(to.name)}\.(?:(\d+)-)?[a-z0-9_]{{8}}\.tmp')  # tempfile.mkdtemp's names
+    return sorted(p for p in to.parent.iterdir() if (m := pat.fullmatch(p.name)) and p.is_dir() and not p.is_symlink()
+                  and not (m.group(1) and _running(int(m.group(1)))))
+
+def _pairs_found(cls: type, root: Path) -> int:
+    "How many pairs dataset class `cls` finds in `root`, over all its splits (0 where its layout is not there)."
+    n = 0
+    for s in cls.splits(root) or [None]:
+        try:
+            lay = cls.find_layout(root, s, boxes=False, masks=False)
+            n += len(_match(lay.ir_dir, lay.vi_dir)[0])
+        except FusionInputError: continue
+    return n
+
+def _contents(folder: Path) -> str:
+    "A few entries of `folder`, folders marked with '/'."
+    return _listing(sorted(p.name + '/' * p.is_dir() for p in folder.iterdir()), 4)
+
+def _drop_part(dl: Path|None) -> None:
+    "Remove the partial download of `dl` once the dataset is complete: no later run can use it."
+    part = dl.with_name(dl.name + '.part') if dl is not None else None
+    if part is not None and part.is_file():
+        part.unlink()
+        print(f"removed {part}: a partial download that is no longer needed")
+
+def _archive_error(e: Exception|str, archive: Path, downloaded: bool, reusable: bool) -> Exception:
+    "The error for an archive that cannot be used: the user's own file is named and kept; a download is removed unless `reusable`."
+    if not downloaded: return FusionInputError(f"`archive`: {e}")
+    if reusable: return DatasetDownloadError(f"{e} (the download stays in {archive} and is reused by the next run)")
+    archive.unlink(missing_ok=True)
+    return DatasetDownloadError(f"{e}; the download {archive} was removed: run again to download it anew")
+
+# %% ../nbs/05_data.ipynb #3a188bcc
+def _check_fetch_args(to: Path, url: str|None, sha256: str|None, archive: Path|str|None) -> None:
+    "Raise `FusionInputError` on a bad argument of `fetch_dataset`, before anything is created or downloaded."
+    if to.exists() and not to.is_dir(): raise FusionInputError(f"`to`: {to} is a file; expected a dataset folder to create")
+    if (f := next((p for p in to.parents if p.exists() and not p.is_dir()), None)) is not None:
+        raise FusionInputError(f"`to`: {f} is a file, so {to} cannot be created inside it")
+    _check_url(url); _check_sha256(sha256)
+    if archive is not None and not Path(archive).is_file():
+        got = 'is a folder' if Path(archive).is_dir() else 'does not exist'
+        raise FusionInputError(f"`archive`: expected an archive file (.zip, .tar, .tar.gz, ...), but {archive} {got}")
+
+def _unpack(archive: Path, to: Path, cls: type, layout: dict, downloaded: bool) -> None:
+    "Extract `archive` into a temporary folder beside `to`, arrange it by `layout` and rename it to `to` in one step."
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{to.name}.{os.getpid()}-', suffix='.tmp', dir=to.parent))
+    try:
+        try: ex = extract_archive(archive, tmp/'x')
+        except DatasetDownloadError as e: raise _archive_error(e, archive, downloaded, reusable=False) from None
+        entries = [p for p in ex.iterdir() if not p.name.startswith('__MACOSX')]
+        top = entries[0] if len(entries) == 1 and entries[0].is_dir() else ex  # drop a single top folder
+        try:
+            _apply_layout(top, tmp/'out', layout)
+            if not _pairs_found(cls, tmp/'out'):
+                raise DatasetDownloadError(f"the archive holds no {cls.__name__} pairs after arranging it (top level: "
+                                           f"{_contents(tmp/'out') or 'nothing'}); pass layout= to map it, or arrange it by hand")
+        except DatasetDownloadError as e: raise _archive_error(f"{archive}: {e}", archive, downloaded, reusable=True) from None
+        if to.exists(): to.rmdir()  # an empty placeholder
+        os.replace(tmp/'out', to)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+
 # %% ../nbs/05_data.ipynb #1bf9362b
 def fetch_dataset(name: str,              # a key of DATASET_SOURCES (case-insensitive)
-                  to: Path|str,           # dataset folder to create (e.g. data/MSRS)
-                  url: str|None=None,     # override the archive URL
-                  sha256: str|None=None,  # override the expected SHA-256
+                  to: Path|str|None=None, # dataset folder to create; None: `default_dataset_dir(name)` (data/MSRS, ...)
+                  url: str|None=None,     # override the archive URL (http or https)
+                  sha256: str|None=None,  # override the expected SHA-256 (64 hex digits)
                   progress: bool=True,    # progress bar while downloading
-                  archive: Path|str|None=None, # use this local archive instead of downloading
+                  archive: Path|str|None=None, # use this local archive instead of downloading (never changed or deleted)
                   layout: dict|None=None, # override the archive -> dataset path mapping
                   keep_archive: bool=False, # keep the downloaded archive beside `to`
                   timeout: float=30.,     # network timeout in seconds
                  ) -> Path:               # the dataset folder `to`
     "Download (or take `archive`), verify, safely extract and arrange a dataset into `to`; returns `to`."
-    key = str(name).lower()
-    if key not in DATASET_SOURCES: raise FusionInputError(f"`name`: unknown dataset {name!r}; valid names: {', '.join(DATASET_SOURCES)}")
-    src, to = DATASET_SOURCES[key], Path(to)
-    layout = src.layout if layout is None else layout
-    if to.is_file(): raise FusionInputError(f"`to`: {to} is a file; expected a dataset folder to create")
-    if to.exists() and (not to.is_dir() or any(to.iterdir())):
-        print(f"{to} already exists and is not empty: nothing fetched (remove it to fetch again)")
-        return to
-    to.parent.mkdir(parents=True, exist_ok=True)
+    key = _source_key(name)
+    src, cls = DATASET_SOURCES[key], DATASETS[key]
+    to, layout = default_dataset_dir(key) if to is None else Path(to), src.layout if layout is None else layout
+    _check_fetch_args(to, url, sha256, archive)
+    for p in _stale_tmp(to):
+        shutil.rmtree(p, ignore_errors=True)
+        print(f"removed {p}: left by an interrupted fetch")
     sha256 = sha256 or (src.sha256 if url is None else None)
+    url = url or src.url
+    dl = to.parent/f"{to.name}-{Path(urllib.parse.urlparse(url).path).name or 'archive'}" if url else None  # the download's place
+    if to.is_dir() and any(to.iterdir()):
+        if not (n := _pairs_found(cls, to)):
+            hint = f", e.g. {to/cls.__name__}" if to.name.lower() != cls.__name__.lower() else ''
+            raise FusionInputError(f"`to`: {to} is not empty (it has {_contents(to)}) but no {cls.__name__} pairs; "
+                                   f"give a new or empty folder{hint}")
+        _drop_part(dl)
+        print(f"{cls.__name__}: already present in {to} ({n} pair{'s' * (n != 1)}); nothing fetched")
+        return to
+    if archive is None and url is None:
+        raise DatasetDownloadError(f"{name}: there is no direct download address ({src.note}). Download the archive by hand "
+                                   f"from {src.homepage} and pass it with --archive PATH (fetch_dataset(..., archive=PATH)).")
+    to.parent.mkdir(parents=True, exist_ok=True)
     downloaded = archive is None
-    if archive is not None:
+    if not downloaded:
         archive = Path(archive)
-        if not archive.is_file(): raise FusionInputError(f"`archive`: {archive} is not a file")
-        _verify(archive, sha256, str(archive), remove=False)  # never delete the user's own file
-    else:
-        url = url or src.url
-        if url is None:
-            raise DatasetDownloadError(f"{name}: there is no direct download address ({src.note}). Download the archive by hand "
-                                       f"from {src.homepage} and pass it with --archive PATH (fetch_dataset(..., archive=PATH)).")
-        fname = Path(urllib.parse.urlparse(url).path).name or 'archive'
-        archive = download(url, to.parent/f"{to.name}-{fname}", sha256, progress, timeout)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{to.name}.', suffix='.tmp', dir=to.parent))
-    try:
-        ex = extract_archive(archive, tmp/'x')
-        entries = [p for p in ex.iterdir() if not p.name.startswith('__MACOSX')]
-        top = entries[0] if len(entries) == 1 and entries[0].is_dir() else ex  # drop a single top folder
-        _apply_layout(top, tmp/'out', layout)
-        if to.exists(): to.rmdir()  # an empty placeholder
-        os.replace(tmp/'out', to)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+        try: _verify(archive, sha256, str(archive), remove=False)
+        except DatasetDownloadError as e: raise FusionInputError(f"`archive`: {e}") from None
+    else: archive = download(url, dl, sha256, progress, timeout)
+    _unpack(archive, to, cls, layout, downloaded)
+    _drop_part(dl)
     if downloaded and not keep_archive: archive.unlink()
     print(f"{name}: extracted into {to}; check it with `sfofusion data check {to}`")
     return to
@@ -994,49 +1112,70 @@ class DatasetReport:
     label_sources: list = field(default_factory=list)
     mask_dirs: list = field(default_factory=list)
     issues: dict = field(default_factory=dict)              # kind -> list of messages
+    require_labels: bool = False                            # pairs without a label are problems (True) or notes (False)
 
-    KINDS = {'only_ir': 'IR files without a VIS counterpart', 'only_vi': 'VIS files without an IR counterpart',
-             'unreadable': 'unreadable images', 'size': 'IR/VIS size mismatches', 'boxes': 'bad box annotations',
-             'mask': 'bad masks', 'missing': 'pairs without a label'}
+    KINDS = {'empty': 'no pairs found', 'folder': 'unusable folders', 'only_ir': 'IR files without a VIS counterpart',
+             'only_vi': 'VIS files without an IR counterpart', 'unreadable': 'unreadable images', 'size': 'IR/VIS size mismatches',
+             'boxes': 'bad box annotations', 'mask': 'bad masks', 'missing': 'pairs without a label'}
+    NOTE_KINDS = ('missing',)  # kinds that are notes unless `require_labels`
 
     def add(self, kind: str, msg: str): self.issues.setdefault(kind, []).append(msg)
+    def is_note(self, kind: str) -> bool: return kind in self.NOTE_KINDS and not self.require_labels
+    def _lines(self, note: bool) -> list[str]:
+        return [f"{self.KINDS[k]}: {m}" for k in self.KINDS if self.is_note(k) == note for m in self.issues.get(k, [])]
     @property
-    def problems(self) -> list[str]: return [f"{self.KINDS[k]}: {m}" for k in self.KINDS for m in self.issues.get(k, [])]
+    def problems(self) -> list[str]: return self._lines(note=False)
     @property
-    def ok(self) -> bool: return not any(self.issues.values())
+    def notes(self) -> list[str]: return self._lines(note=True)
+    @property
+    def ok(self) -> bool: return not self.problems
 
     def summary(self, max_list: int=10) -> str:
-        "A printable report: counts, then each kind of problem with up to `max_list` examples."
+        "A printable report: counts, then each kind of problem or note with up to `max_list` examples."
         sizes = ', '.join(f"{w}x{h} ({n})" for (w, h), n in self.sizes.most_common(5)) + (' ...' if len(self.sizes) > 5 else '')
+        notes = f" ({len(self.notes)} note{'s' * (len(self.notes) != 1)})" if self.notes else ''
         lines = [f"{self.name} at {self.root}{' (splits: ' + ', '.join(self.splits) + ')' if self.splits else ''}: "
-                 f"{self.n_pairs} pairs, {'OK' if self.ok else f'{len(self.problems)} problem(s)'}",
+                 f"{self.n_pairs} pairs, {'OK' if self.ok else f'{len(self.problems)} problem(s)'}{notes}",
                  f"  images: {self.n_ir} IR, {self.n_vi} VIS; sizes (W x H): {sizes or 'none'}"]
         if self.label_sources:
             cls = ', '.join(f"{c} {n}" for c, n in sorted(self.class_counts.items()))
             lines.append(f"  boxes: {self.n_boxes} in {self.n_box_files} annotated pairs ({cls or 'no boxes'}) from {', '.join(self.label_sources)}")
         lines.append(f"  masks: {self.n_masks} in {', '.join(self.mask_dirs)}" if self.mask_dirs else "  masks: none (no mask folder)")
         for k, title in self.KINDS.items():
-            msgs = self.issues.get(k, [])
-            if not msgs: continue
-            lines.append(f"  {title}: {len(msgs)}")
+            if not (msgs := self.issues.get(k, [])): continue
+            lines.append(f"  note: {title}: {len(msgs)} of {self.n_pairs} (fine for fusion; require_labels=True makes them problems)"
+                         if self.is_note(k) else f"  {title}: {len(msgs)}")
             lines += [f"    {m}" for m in msgs[:max_list]] + ([f"    ... (+{len(msgs) - max_list} more)"] if len(msgs) > max_list else [])
         return '\n'.join(lines)
     def __str__(self): return self.summary()
 
 # %% ../nbs/05_data.ipynb #14b575f3
+def _no_pairs(ir_dir: Path, vi_dir: Path, irs: dict, vis: dict) -> str:
+    "Why a split has no pairs: the images (and other files) each side holds."
+    def side(d, imgs):
+        other = sorted(p.name for p in d.iterdir() if p.is_file() and not p.name.startswith('.') and p not in imgs.values())
+        return f"{d} has {len(imgs)} images" + (f" ({len(other)} other file(s): {_listing(other, 3)})" if other else '')
+    return f"{side(ir_dir, irs)}, {side(vi_dir, vis)}" + (": no name is in both" if irs and vis else '')
+
 def _check_split(rep: DatasetReport, cls: type, root: Path, split: str|None, kw: dict) -> None:
     "Add one split of dataset `cls` at `root` to the report."
     pre = f"{split}/" if split else ''
     lay = cls.find_layout(root, split, **kw)
-    irs, vis = list_images(lay.ir_dir), list_images(lay.vi_dir)
+    try: irs, vis = list_images(lay.ir_dir), list_images(lay.vi_dir)
+    except FusionInputError as e: rep.add('folder', str(e)); return
     rep.n_ir, rep.n_vi = rep.n_ir + len(irs), rep.n_vi + len(vis)
     for n in sorted(set(irs) - set(vis)): rep.add('only_ir', str(irs[n]))
     for n in sorted(set(vis) - set(irs)): rep.add('only_vi', str(vis[n]))
     pairs = [Pair(n, irs[n], vis[n]) for n in sorted(set(irs) & set(vis))]
+    if not pairs: rep.add('empty', _no_pairs(lay.ir_dir, lay.vi_dir, irs, vis))
     rep.n_pairs += len(pairs)
+    try:
+        if lay.boxes is not None: lay.boxes.names()  # reads a box-lines file, which may be unreadable
+    except FusionInputError as e: rep.add('boxes', str(e)); lay.boxes = None
+    try: masks = list_images(lay.mask_dir) if lay.mask_dir is not None else {}
+    except FusionInputError as e: rep.add('folder', str(e)); masks, lay.mask_dir = {}, None
     if lay.boxes is not None: rep.label_sources.append(f"{pre}{lay.boxes!r}")
     for n, why in missing_labels(pairs, lay): rep.add('missing', f"{pre}{n}: {why}")
-    masks = list_images(lay.mask_dir) if lay.mask_dir is not None else {}
     names = lay.boxes.class_names if lay.boxes is not None else ()
     if lay.mask_dir is not None: rep.mask_dirs.append(str(lay.mask_dir))
     for p in pairs:
@@ -1049,16 +1188,23 @@ def _check_split(rep: DatasetReport, cls: type, root: Path, split: str|None, kw:
             rep.n_boxes += len(labels)
             rep.class_counts.update(names[c] if c < len(names) else str(c) for c in labels.tolist())
 
+# %% ../nbs/05_data.ipynb #cc4e0a95
 def check_dataset(root: Path|str,       # dataset folder (all splits are checked)
                   name: str|None=None,  # a key of DATASETS; None guesses it with `detect_dataset`
+                  require_labels: bool=False, # pairs without a box annotation / mask are problems (True) or notes (False)
                   **kw,                 # layout options: boxes, masks, labels, ir_dir, vi_dir, box_set, ...
                  ) -> DatasetReport:
-    "Validate a dataset folder: counts, unmatched names, sizes, unreadable images, labels; never raises on bad files."
+    "Validate a dataset folder: counts, unmatched names, sizes, unreadable images, labels; bad files are reported, not raised."
     root = Path(root)
+    if root.is_file(): raise FusionInputError(f"`root`: {root} is a file; expected a dataset folder")
     if not root.is_dir(): raise FusionInputError(f"`root`: {root} does not exist or is not a folder")
-    name = name or detect_dataset(root)
-    cls = _dataset_class(name)
+    key = str(name or detect_dataset(root)).lower()
+    cls = _dataset_class(key)
     splits = cls.splits(root) if kw.get('ir_dir') is None else []
-    rep = DatasetReport(root, cls.__name__, splits)
+    rep = DatasetReport(root, cls.__name__, splits, require_labels=require_labels)
+    if kw.get('ir_dir') is None and not any(not p.name.startswith('.') for p in root.iterdir()):
+        how = f": fetch it with `sfofusion data fetch {key} --to {root}`" if key in DATASET_SOURCES else ''
+        rep.add('empty', f"{root} is empty{how}")
+        return rep
     for s in (splits or [None]): _check_split(rep, cls, root, s, kw)
     return rep

@@ -6,7 +6,7 @@ Docs: https://github.com/sfofusion/sfofusion/fuse.html.md"""
 
 # %% ../nbs/13_fuse.ipynb #0d249af0
 from __future__ import annotations
-import glob, math, time, warnings
+import glob, math, re, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .core import (
-    IMAGE_EXTS, FusionInputError, check_image, check_same_size, is_grey, read_image, rgb_to_ycbcr, save_image, to_tensor,
-    to_uint8, ycbcr_to_rgb)
+    IMAGE_EXTS, FusionInputError, check_image, check_same_size, is_grey, read_image, resolve_device, rgb_to_ycbcr, save_image,
+    stale_temp_files, to_tensor, to_uint8, ycbcr_to_rgb)
 from .data import synthetic_pair
 from .model import SFOFusion, compose_select, normalize_per_image
 
@@ -31,8 +31,9 @@ def resolve_model(model: str|Path|nn.Module='msrs', # shipped name, folder with 
                   device: str|torch.device='cpu',
                  ) -> nn.Module:
     "The fusion network named by `model`, in eval mode on `device`."
-    if isinstance(model, nn.Module): return model.to(device).eval()
-    if isinstance(model, (str, Path)): return SFOFusion.from_pretrained(model, device=device)
+    dev = resolve_device(device)
+    if isinstance(model, nn.Module): return model.to(dev).eval()
+    if isinstance(model, (str, Path)): return SFOFusion.from_pretrained(model, device=dev, arg='model')
     raise FusionInputError(f"`model`: expected a shipped model name, a folder path or an nn.Module, got {type(model).__name__}")
 
 # %% ../nbs/13_fuse.ipynb #7267591b
@@ -59,13 +60,15 @@ def _tensor_input(x: Tensor, name: str) -> Tensor:
 
 def as_input(x: str|Path|np.ndarray|Tensor, # image file, array (H, W[, 3]) uint8/uint16/float, or tensor in [0, 1]
              name: str='image',            # argument name for error messages
+             bgr: bool=False,              # a colour array/tensor is in OpenCV's BGR order (files are always read correctly)
             ) -> tuple[Tensor, Tensor|None]: # luminance (B, 1, H, W) float in [0, 1]; chroma (B, 2, H, W) or None if grey
     "Luminance and chroma (None when grey) of one input image."
     if isinstance(x, (str, Path)):
         img = read_image(x)
         t = to_tensor(img if img.ndim == 2 or not is_grey(img) else img[..., 0])
-    elif isinstance(x, np.ndarray): t = _array_to_tensor(x, name)
-    elif isinstance(x, Tensor): t = _tensor_input(x, name)
+    elif isinstance(x, (np.ndarray, Tensor)):
+        t = _array_to_tensor(x, name) if isinstance(x, np.ndarray) else _tensor_input(x, name)
+        if bgr and t.shape[1] == 3: t = t.flip(1)               # BGR -> RGB
     else: raise FusionInputError(f"`{name}`: expected a path, a numpy array or a tensor, got {type(x).__name__}")
     if t.shape[1] == 1 or torch.equal(t[:, 0], t[:, 1]) and torch.equal(t[:, 1], t[:, 2]): return t[:, :1], None
     ycc = rgb_to_ycbcr(t)
@@ -175,18 +178,20 @@ def fuse(ir: str|Path|np.ndarray|Tensor,  # infrared: file, array (H, W[, 3]) ui
          tile: int|None=None,             # fuse in tiles of this side (default: only above `TILE_PIXELS`)
          overlap: int=DEFAULT_OVERLAP,    # tile overlap in pixels (capped at tile // 4)
          resize: bool=False,              # resize VIS to the IR size instead of raising
-        ) -> np.ndarray|Tensor:           # uint8 (H, W[, 3]) for paths/arrays; float tensor in [0, 1] for tensors
+         bgr: bool=False,                 # colour arrays/tensors in and out are OpenCV's BGR order (default RGB)
+        ) -> np.ndarray|Tensor:           # uint8 (H, W[, 3]) for paths/arrays; float tensor in [0, 1] for tensors; RGB unless `bgr`
     "Fuse one infrared–visible pair (or a batch of tensors), restoring the visible colour."
     tensors = isinstance(ir, Tensor), isinstance(vis, Tensor)
     if tensors[0] != tensors[1]: raise FusionInputError(f"`ir` and `vis`: give both as tensors or neither, got {type(ir).__name__} and {type(vis).__name__}")
-    y_ir, _ = as_input(ir, 'ir')
-    y_vis, cbcr = as_input(vis, 'vis')
+    y_ir, _ = as_input(ir, 'ir', bgr)
+    y_vis, cbcr = as_input(vis, 'vis', bgr)
     y_vis, cbcr = _match_size(y_ir, y_vis, cbcr, resize)
     if y_ir.shape[0] != y_vis.shape[0]: raise FusionInputError(f"`ir` and `vis`: batch sizes differ, {y_ir.shape[0]} and {y_vis.shape[0]}")
     net = resolve_model(model, device)
     dtype = next(net.parameters()).dtype if any(True for _ in net.parameters()) else torch.float32
     fused = _run(net, y_ir.to(device, dtype), y_vis.to(device, dtype), tile, overlap)
     out = _colourise(fused, None if cbcr is None else cbcr.to(fused), gray)
+    if bgr and out.shape[1] == 3: out = out.flip(1)            # RGB -> BGR
     if not tensors[0]:
         a = to_uint8(out[0])                                   # (C, H, W) uint8
         return a[0] if a.shape[0] == 1 else np.ascontiguousarray(a.transpose(1, 2, 0))
@@ -202,6 +207,7 @@ class FuseReport:
     fused: list = field(default_factory=list)    # names written
     skipped: list = field(default_factory=list)  # (name, reason): output already there
     failed: list = field(default_factory=list)   # (name, reason): bad input or fusion error
+    cleaned: list = field(default_factory=list)  # temporary files of an interrupted earlier run, removed
     seconds: float = 0.
 
     @property
@@ -210,18 +216,49 @@ class FuseReport:
         return not self.failed
 
     def summary(self) -> str:
-        "Counts, then one line per failure."
-        lines = [f"fused {len(self.fused)}, skipped {len(self.skipped)} (output exists; --overwrite to redo), "
-                 f"failed {len(self.failed)} -> {self.out} ({self.seconds:.1f} s)"]
+        "Counts (only those that happened), then one line per failure."
+        parts = [f"fused {len(self.fused)}"]
+        if self.skipped: parts.append(f"skipped {len(self.skipped)} (output exists; --overwrite to redo)")
+        if self.failed: parts.append(f"failed {len(self.failed)}")
+        if self.cleaned: parts.append(f"removed {len(self.cleaned)} temporary file(s) of an interrupted run")
+        lines = [f"{', '.join(parts)} -> {self.out} ({self.seconds:.1f} s)"]
         lines += [f"  FAILED {n}: {r}" for n, r in self.failed]
         return '\n'.join(lines)
 
+
+# %% ../nbs/13_fuse.ipynb #8ffbffc3
 def _is_pattern(s: str) -> bool: return any(c in s for c in '*?[')
 
+def _glob_regex(pattern: str) -> re.Pattern:
+    "A regex matching what `glob` matches for `pattern`, with one group per run of adjacent wildcards."
+    out, run, i = '', '', 0                      # `run`: the wildcards since the last literal character
+    while i < len(pattern):
+        c = pattern[i]
+        if c == '*': run += '[^/]*'; i += 1
+        elif c == '?': run += '[^/]'; i += 1
+        elif c == '[' and (j := pattern.find(']', i + 2)) > 0:
+            body = pattern[i + 1:j]
+            run += '[' + ('^' + re.escape(body[1:]) if body.startswith('!') else re.escape(body)) + ']'; i = j + 1
+        else:
+            out += (f'({run})' if run else '') + re.escape(c); run = ''; i += 1
+    return re.compile(out + (f'({run})' if run else '') + r'\Z')
+
+def _glob_name(rx: re.Pattern, f: Path) -> str:
+    "The pair name of file `f` matched by a pattern: its wildcard parts joined by '_' (a trailing extension dropped)."
+    m = rx.match(str(f))
+    parts = [g for g in (m.groups() if m else ()) if g]
+    if parts and parts[-1].endswith(f.suffix) and f.suffix: parts[-1] = parts[-1][:-len(f.suffix)]
+    return '_'.join(p for p in parts if p) or f.stem
+
+
+# %% ../nbs/13_fuse.ipynb #57b56882
 def _sources(src: str|Path, name: str) -> tuple[dict, list]:
-    "Map stem -> file for `src` (folder, file or glob), and the (name, reason) problems found on the way."
-    s = str(src)
-    if _is_pattern(s): files = [Path(f) for f in sorted(glob.glob(s)) if Path(f).is_file()]
+    "Map pair name -> file for `src` (folder, file or glob), and the (name, reason) problems found on the way."
+    s, key = str(src), (lambda f: f.stem)
+    if _is_pattern(s):
+        files = [Path(f) for f in sorted(glob.glob(s)) if Path(f).is_file()]
+        rx = _glob_regex(s)
+        key = lambda f: _glob_name(rx, f)
     elif Path(s).is_dir(): files = sorted(p for p in Path(s).iterdir() if p.is_file() and not p.name.startswith('.'))
     elif Path(s).is_file(): files = [Path(s)]
     else: raise FusionInputError(f"`{name}`: {s} is not a folder, a file or a glob pattern that matches anything")
@@ -229,9 +266,11 @@ def _sources(src: str|Path, name: str) -> tuple[dict, list]:
     found, problems = {}, []
     for f in files:
         if f.suffix.lower() not in IMAGE_EXTS: problems.append((f.name, f"{f}: not an image file (expected one of {', '.join(IMAGE_EXTS)})"))
-        elif f.stem in found: problems.append((f.stem, f"two {name} files share the stem {f.stem!r}: {found[f.stem].name} and {f.name}; using the first"))
-        else: found[f.stem] = f
-    return found, problems
+        else: found.setdefault(key(f), []).append(f)
+    for n in [n for n, fs in found.items() if len(fs) > 1]:   # ambiguous: fuse neither, say which files
+        problems.append((n, f"{len(found[n])} {name} files are named {n!r} ({', '.join(str(f) for f in found.pop(n))}): "
+                            "rename all but one; the pair is not fused"))
+    return {n: fs[0] for n, fs in found.items()}, problems
 
 def _pairs(ir: str|Path, vi: str|Path) -> tuple[list, list]:
     "(name, ir_path, vi_path) pairs and (name, reason) problems; two single files pair whatever their stems."
@@ -239,9 +278,18 @@ def _pairs(ir: str|Path, vi: str|Path) -> tuple[list, list]:
     if Path(str(ir)).is_file() and Path(str(vi)).is_file() and len(irs) == len(vis) == 1:
         (n, a), (_, b) = next(iter(irs.items())), next(iter(vis.items()))
         return [(n, a, b)], p1 + p2
-    problems = p1 + p2 + [(n, f"{irs[n]}: no visible counterpart named {n}.* in {vi}") for n in sorted(set(irs) - set(vis))]
-    problems += [(n, f"{vis[n]}: no infrared counterpart named {n}.* in {ir}") for n in sorted(set(vis) - set(irs))]
-    return [(n, irs[n], vis[n]) for n in sorted(set(irs) & set(vis))], problems
+    told = {n for n, _ in p1 + p2}                            # ambiguous names are reported once, not also as unmatched
+    problems = p1 + p2 + [(n, f"{irs[n]}: no visible counterpart named {n}.* in {vi}") for n in sorted(set(irs) - set(vis) - told)]
+    problems += [(n, f"{vis[n]}: no infrared counterpart named {n}.* in {ir}") for n in sorted(set(vis) - set(irs) - told)]
+    pairs = [(n, irs[n], vis[n]) for n in sorted(set(irs) & set(vis))]
+    return _output_names(pairs), problems
+
+def _output_names(pairs: list) -> list:
+    "Name each pair by its files' common stem where they share one (`ir/0*.png` keeps `00`), else by the pairing name."
+    want = [a.stem if a.stem == b.stem else n for n, a, b in pairs]
+    clash = {w for w in want if want.count(w) > 1}      # e.g. day1/ir/00012.png and day2/ir/00012.png
+    return sorted(((n if w in clash else w), a, b) for w, (n, a, b) in zip(want, pairs))
+
 
 # %% ../nbs/13_fuse.ipynb #b790e565
 def _load(ir_path: Path, vi_path: Path, resize: bool) -> tuple[Tensor, Tensor, Tensor|None]:
@@ -251,9 +299,18 @@ def _load(ir_path: Path, vi_path: Path, resize: bool) -> tuple[Tensor, Tensor, T
     y_vis, cbcr = _match_size(y_ir, y_vis, cbcr, resize, f"{ir_path.name} and {vi_path.name}")
     return y_ir, y_vis, cbcr
 
+def _check_out(out: Path, ir: str|Path, vi: str|Path, pairs: list) -> None:
+    "Refuse an output folder that holds source images: fused files would mix with them or (with overwrite) replace them."
+    o = out.resolve()
+    for name, src, files in (('infrared', ir, [a for _, a, _ in pairs]), ('visible', vi, [b for _, _, b in pairs])):
+        dirs = {Path(str(src)).resolve()} if Path(str(src)).is_dir() else set()
+        if o in dirs | {f.parent.resolve() for f in files}:
+            raise FusionInputError(f"`out`: {out} holds the {name} sources; fused images would be written among them "
+                                   "(and with overwrite replace them): choose another folder")
+
 def fuse_folder(ir: str|Path,             # infrared folder, file or glob pattern
-                vi: str|Path,             # visible folder, file or glob pattern (paired with `ir` by file stem)
-                out: str|Path,            # output folder: <out>/<stem>.png
+                vi: str|Path,             # visible folder, file or glob pattern (paired with `ir` by name, see above)
+                out: str|Path,            # output folder: <out>/<name>.png; never a folder holding the sources
                 model: str|Path|nn.Module='msrs', # shipped name, saved folder, or network
                 device: str|torch.device='cpu',
                 batch_size: int=1,        # pairs of the same size fused together
@@ -269,9 +326,12 @@ def fuse_folder(ir: str|Path,             # infrared folder, file or glob patter
     if not isinstance(batch_size, int) or batch_size < 1: raise FusionInputError(f"`batch_size`: expected an integer >= 1, got {batch_size!r}")
     t0, out = time.perf_counter(), Path(out)
     if out.exists() and not out.is_dir(): raise FusionInputError(f"`out`: {out} exists and is not a folder")
+    if tile is not None and (not isinstance(tile, int) or tile < 16): raise FusionInputError(f"`tile`: expected an integer >= 16, got {tile!r}")
     pairs, problems = _pairs(ir, vi)
+    _check_out(out, ir, vi, pairs)
     report = FuseReport(out, failed=list(problems))
     net = resolve_model(model, device)
+    for f in stale_temp_files(out): f.unlink(); report.cleaned.append(f.name)
     dtype = next(net.parameters()).dtype if any(True for _ in net.parameters()) else torch.float32
     pending = {}                                             # (H, W) -> [(name, ir, vis, cbcr)] waiting for a batch
 

@@ -21,7 +21,7 @@ from .core import FusionInputError, atomic_write_bytes, check_image, check_same_
 from .losses import FusionLoss, LossConfig, sobel_gradient, sobel_magnitude, ssim_loss
 
 # %% auto #0
-__all__ = ['MODES', 'LossGenConfig', 'LossGenerator', 'weighted_fusion_loss', 'generated_fusion_loss', 'inner_step',
+__all__ = ['MODES', 'META_FILES', 'LossGenConfig', 'LossGenerator', 'weighted_fusion_loss', 'generated_fusion_loss', 'inner_step',
            'meta_gradient', 'BalanceConfig', 'BalanceState', 'fusion_quality', 'balance_step', 'Rescaled',
            'holdout_split', 'MetaConfig', 'build_task_data', 'validate_task', 'train_meta', 'plot_balance']
 
@@ -194,10 +194,11 @@ def holdout_split(n: int, holdout: int, split_seed: int=0) -> tuple[list, list]:
 
 # %% ../nbs/11_meta.ipynb #c702f354
 from .train import (TrainConfig, lr_at, epoch_batches, save_step_checkpoint, load_checkpoint, latest_checkpoint,
-                             _setup_distributed, _autocast, _log, read_log, replica_max_diff, save_on_interrupt)
+                             _setup_distributed, _autocast, _log, read_log, replica_max_diff, save_on_interrupt,
+                             RUN_FILES, open_run, trim_log, check_crop, check_keys, nested_config, initial_model, dry_run_report)
 from .data import get_dataset, FusionCrops, SyntheticPairs, collate_fusion, SYNTHETIC_CLASSES
 from .model import SFOFusion, SFOFusionConfig, build_model
-from .tasks import build_task, save_task, load_task
+from .tasks import TASKS, DetectorConfig, SegmenterConfig, build_task, save_task, load_task
 from .metrics import compute_metrics
 
 MODES = ('fusion', 'direct', 'meta')
@@ -223,7 +224,16 @@ class MetaConfig(TrainConfig):
     reference_metrics: dict = field(default_factory=dict)  # fusion-only VIF/Qabf/SSIM on the held-out pairs ({}: measure the initial network)
 
     def __post_init__(self):
-        if self.mode not in MODES: raise FusionInputError(f"`mode`: expected one of {MODES}, got {self.mode!r}")
+        super().__post_init__()                      # every TrainConfig field, types of the fields below
+        if self.mode not in MODES: raise FusionInputError(f"config field `mode`: expected one of {MODES}, got {self.mode!r}")
+        if self.task not in TASKS: raise FusionInputError(f"config field `task`: expected one of {tuple(TASKS)}, got {self.task!r}")
+        check_keys(DetectorConfig if self.task == 'detection' else SegmenterConfig, self.task_cfg, 'task_cfg')
+        nested_config(LossGenConfig, self.gen, 'gen'); nested_config(BalanceConfig, self.balance, 'balance')
+        for name, ok, want in (('alpha', self.alpha > 0, 'a number > 0'), ('inner_steps', self.inner_steps >= 1, 'an integer >= 1'),
+                               ('gen_lr', self.gen_lr >= 0, 'a number >= 0'), ('task_lr', self.task_lr >= 0, 'a number >= 0'),
+                               ('scale', 0 < self.scale <= 4, 'a number in (0, 4]'), ('holdout', self.holdout >= 0, 'an integer >= 0'),
+                               ('steps_per_epoch', self.steps_per_epoch >= 0, 'an integer >= 0'), ('val_pairs', self.val_pairs >= 0, 'an integer >= 0')):
+            if not ok: raise FusionInputError(f"config field `{name}`: expected {want}, got {getattr(self, name)!r}")
 
 def build_task_data(cfg: MetaConfig) -> tuple:
     "(training crops, held-out items) for the task run described by `cfg`."
@@ -235,6 +245,7 @@ def build_task_data(cfg: MetaConfig) -> tuple:
             if ':' not in spec: raise FusionInputError(f"`data`: expected 'synthetic' or 'NAME:ROOT' entries, got {spec!r}")
             name, root = spec.split(':', 1)
             bases.append(get_dataset(name, root, skip_bad=cfg.skip_bad, **need))
+    check_crop(cfg.crop, [p for b in bases for p in getattr(b, 'pairs', [])], cfg.scale)
     first = Rescaled(bases[0], cfg.scale)
     tr, va = holdout_split(len(first), cfg.holdout) if cfg.holdout else (list(range(len(first))), [])
     train_sets = [torch.utils.data.Subset(first, tr)] + [Rescaled(b, cfg.scale) for b in bases[1:]]
@@ -280,20 +291,33 @@ def validate_task(model: nn.Module, head: nn.Module, items: list) -> dict:
     return res
 
 # %% ../nbs/11_meta.ipynb #42b4f2c1
+META_FILES = ('task', 'loss_generator.safetensors', 'balance.png')  # what a task run writes besides `RUN_FILES`
+
 def train_meta(cfg: MetaConfig,            # the run's configuration
-               resume: bool=False,         # continue from the latest checkpoint in `cfg.out_dir`
+               resume: bool=False,         # continue the run in `cfg.out_dir` from its latest checkpoint
                stop_after: int|None=None,  # stop (with a checkpoint) after this global step
+               overwrite: bool=False,      # replace a run already in `cfg.out_dir` (default: refuse)
+               dry_run: bool=False,        # check config, data, device, networks and run folder, then stop: nothing is written
               ) -> dict:                   # step, losses, λ, last validation, seconds per step
     "Train the fusion network with task feedback: fusion-only, direct task loss, or the full three loops."
+    if not isinstance(cfg, MetaConfig):
+        raise FusionInputError(f"`cfg`: expected a MetaConfig (MetaConfig(**fields) or MetaConfig.load(path)), got {type(cfg).__name__}")
     rank, world, dev = _setup_distributed(cfg)
     out = Path(cfg.out_dir)
-    if rank == 0: out.mkdir(parents=True, exist_ok=True)
+    start = open_run(out, cfg.to_dict(), asdict(type(cfg)()), resume, overwrite, RUN_FILES + META_FILES, dry=dry_run) if rank == 0 else None
+    if world > 1: obj = [start]; dist.broadcast_object_list(obj, 0); start = obj[0]
+    if start.finished is not None:
+        if rank == 0: print(f"{out} holds a finished run ({start.finished.get('step')} steps): nothing to do")
+        return start.finished
+    ds, val_items = build_task_data(cfg)         # bad data fails here, before the folder is touched
     torch.manual_seed(cfg.seed)
-    model = (SFOFusion.from_pretrained(cfg.init_weights) if cfg.init_weights else build_model(SFOFusionConfig(**cfg.model))).to(dev)
+    model = initial_model(cfg).to(dev)
     model.train()
     head = (load_task(cfg.init_task) if cfg.init_task else build_task(cfg.task, **_task_kwargs(cfg))).to(dev)
     head.train()
     if head.kind != cfg.task: raise FusionInputError(f"`init_task`: expected a {cfg.task} head, got a {head.kind} head from {cfg.init_task}")
+    if dry_run: return dry_run_report(start, out, len(ds), dev)
+    if rank == 0: out.mkdir(parents=True, exist_ok=True)
     gen = LossGenerator(LossGenConfig(**cfg.gen)).to(dev)
     loss_fn = FusionLoss(LossConfig(**cfg.loss)).to(dev)
     bcfg = BalanceConfig(**cfg.balance)
@@ -301,22 +325,21 @@ def train_meta(cfg: MetaConfig,            # the run's configuration
     opt_task = torch.optim.AdamW(head.parameters(), lr=cfg.task_lr, weight_decay=1e-4)
     opt_gen = torch.optim.Adam(gen.parameters(), lr=cfg.gen_lr)
     mods, opts = dict(model=model, task=head, gen=gen), dict(model=opt, task=opt_task, gen=opt_gen)
-    ds, val_items = build_task_data(cfg)
     n_per_epoch = len(ds) // (cfg.batch_size * world)
     if n_per_epoch == 0: epoch_batches(len(ds), cfg.batch_size, 0, cfg.seed, rank, world)  # raises clearly
     spe = cfg.steps_per_epoch or n_per_epoch
     state, step, skipped, ref = BalanceState(lam=bcfg.lam), 0, 0, dict(cfg.reference_metrics)
-    if resume and (ck := latest_checkpoint(out)) is not None:
+    if (ck := start.checkpoint) is not None:
         meta = load_checkpoint(ck, mods, opts)
         step, skipped, ref = meta['step'], meta['skipped'], meta['reference']
         state = BalanceState(**meta['balance'])
-        if rank == 0: print(f"resumed from {ck} at step {step}")
+        if rank == 0: trim_log(out/'log.jsonl', step); print(f"resumed from {ck} at step {step}")
     elif rank == 0 and (out/'log.jsonl').exists(): (out/'log.jsonl').unlink()
     if not ref and val_items and rank == 0:  # fusion-only reference: the initial network (a fusion-only model when init_weights is set)
         ref = {k: v for k, v in validate_task(model, head, val_items).items() if k in ('VIF', 'Qabf', 'SSIM')}
     if world > 1:  # every process needs the reference for the balance rule
         obj = [ref]; dist.broadcast_object_list(obj, 0); ref = obj[0]
-    if rank == 0: (out/'config.json').write_text(json.dumps(cfg.to_dict(), indent=1))
+    if rank == 0: atomic_write_bytes(out/'config.json', json.dumps(cfg.to_dict(), indent=1).encode())
 
     def checkpoint(s):
         if rank == 0: save_step_checkpoint(out, s, mods, opts, dict(skipped=skipped, reference=ref, balance=asdict(state),

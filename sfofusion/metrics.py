@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import FusionInputError, IMAGE_EXTS, check_image, check_same_size, list_images, load_gray255, atomic_write_bytes
+from .core import FusionInputError, IMAGE_EXTS, check_image, check_same_size, list_images, load_gray255, atomic_write_bytes, resolve_device
 
 # %% auto #0
 __all__ = ['METRICS', 'MIN_SIZE', 'REDUCTIONS', 'MI_UNITS', 'VIF_SIZES', 'VIF_SIGMA_NSQ', 'VIF_EPS', 'QABF_GRADIENT',
@@ -444,26 +444,55 @@ def compute_metrics(
     return {m: fns[m]() for m in metrics}
 
 # %% ../nbs/01_metrics.ipynb #4bd854a3
+def _listing(items: list[str], sep: str=', ', k: int=5) -> str:
+    "The first `k` of `items` joined by `sep`, then how many more."
+    return sep.join(items[:k]) + (f"{sep}... ({len(items) - k} more)" if len(items) > k else '')
+
 @dataclass
 class EvalResult:
-    "Per-image fusion metrics of a folder, their means and the conventions used."
-    per_image: dict[str, dict[str, float]]           # fused file name -> metric -> value
+    "Per-image fusion metrics of a folder, their means over defined values, what could not be scored, the conventions."
+    per_image: dict[str, dict[str, float]]           # fused file name -> metric -> value (NaN where undefined)
     metrics: tuple[str, ...] = METRICS               # column order
     conventions: dict = field(default_factory=lambda: dict(CONVENTIONS))
+    failed: dict[str, str] = field(default_factory=dict)  # fused file name -> one-line reason it was not scored
+    missing: list[str] = field(default_factory=list)      # stems of source pairs (IR and VIS) with no fused image
+
+    @property
+    def undefined(self) -> dict[str, int]:
+        "Metric -> number of images where it is undefined (NaN), for the metrics with at least one."
+        counts = {m: sum(math.isnan(v[m]) for v in self.per_image.values()) for m in self.metrics}
+        return {m: k for m, k in counts.items() if k}
 
     @property
     def mean(self) -> dict[str, float]:
-        "Mean of each metric over the images (NaN if any value is NaN)."
+        "Mean of each metric over the images where it is defined (NaN left out, inf kept); NaN if defined nowhere."
+        def avg(vals): return sum(vals) / len(vals) if vals else math.nan
+        return {m: avg([v[m] for v in self.per_image.values() if not math.isnan(v[m])]) for m in self.metrics}
+
+    @property
+    def ok(self) -> bool:
+        "True when every fused image was scored and every source pair has a fused image."
+        return not self.failed and not self.missing
+
+    @property
+    def problems(self) -> list[str]:
+        "One line per kind of problem: each metric with undefined values, the failed images, the missing pairs."
         n = len(self.per_image)
-        return {m: (sum(v[m] for v in self.per_image.values()) / n if n else math.nan) for m in self.metrics}
+        lines = [f"{m} undefined (NaN) for {k} of {n} image(s): {'no mean' if k == n else 'excluded from its mean'}"
+                 for m, k in self.undefined.items()]
+        if self.failed: lines.append(f"{len(self.failed)} fused image(s) could not be evaluated: "
+                                     + _listing([f"{k} ({r})" for k, r in self.failed.items()], '; '))
+        if self.missing: lines.append(f"{len(self.missing)} source pair(s) have no fused image: {_listing(self.missing)}")
+        return lines
 
     def to_dict(self) -> dict:
-        "Plain-Python view: per_image, mean, count, metrics, conventions."
-        return dict(per_image=self.per_image, mean=self.mean, count=len(self.per_image), metrics=list(self.metrics),
+        "Plain-Python view: per_image, mean, count, undefined, failed, missing, ok, metrics, conventions."
+        return dict(per_image=self.per_image, mean=self.mean, count=len(self.per_image), undefined=self.undefined,
+                    failed=dict(self.failed), missing=list(self.missing), ok=self.ok, metrics=list(self.metrics),
                     conventions=dict(self.conventions))
 
     def to_csv(self, path: Path|str) -> Path:
-        "Write one row per image and a last row `mean` (full precision), atomically."
+        "Write one row per image and a last row `mean` (full precision, `nan` where undefined), atomically."
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator='\n')
         w.writerow(['image', *self.metrics])
@@ -472,19 +501,33 @@ class EvalResult:
         return atomic_write_bytes(path, buf.getvalue().encode())
 
     def to_markdown(self, digits: int=4) -> str:
-        "A markdown table of the means, with the image count and conventions."
-        mean = self.mean
-        c = self.conventions
+        "A markdown table of the means with the image count, one line per problem, and the conventions."
+        fmt = lambda v: 'undefined' if math.isnan(v) else f'{v:.{digits}f}'
+        c, mean = self.conventions, self.mean
         head = f"| images | {' | '.join(self.metrics)} |\n|---|{'---|' * len(self.metrics)}\n"
-        row = f"| {len(self.per_image)} | {' | '.join(f'{mean[m]:.{digits}f}' for m in self.metrics)} |\n"
-        note = (f"\nSSIM data range {c['ssim_data_range']:g}; MI in {c['mi_unit']}; MI/VIF/SSIM {c['reduce_sources']} over "
+        row = f"| {len(self.per_image)} | {' | '.join(fmt(mean[m]) for m in self.metrics)} |\n"
+        problems = ''.join(f"- {p}\n" for p in self.problems)
+        note = (f"SSIM data range {c['ssim_data_range']:g}; MI in {c['mi_unit']}; MI/VIF/SSIM {c['reduce_sources']} over "
                 f"IR and VIS; PSNR peak {c['psnr_peak']}{'; SSIM in float64' if c['ssim_float64'] else ''}.\n")
-        return head + row + note
+        return head + row + '\n' + (problems + '\n' if problems else '') + note
 
     _repr_markdown_ = to_markdown
-    def __repr__(self): return f"EvalResult({len(self.per_image)} images, mean={ {k: round(v, 4) for k, v in self.mean.items()} })"
+    def __repr__(self):
+        extra = ''.join(f", {len(x)} {k}" for k, x in (('failed', self.failed), ('missing', self.missing)) if x)
+        return f"EvalResult({len(self.per_image)} images{extra}, mean={ {k: round(v, 4) for k, v in self.mean.items()} })"
 
+# %% ../nbs/01_metrics.ipynb #6290c3ac
 def _size(x: Tensor) -> str: return f"{x.shape[-1]}x{x.shape[-2]}"
+
+def _load_triplet(fp: Path, stem: str, irs: dict, vis: dict, ir_dir, vi_dir) -> tuple[Tensor, Tensor, Tensor]:
+    "Fused image `fp` and its sources as (1, 1, H, W) grey levels; `FusionInputError` (one line) when it cannot be scored."
+    no = [f"no {what} source named {stem}.* in {d}" for d, src, what in ((ir_dir, irs, 'infrared'), (vi_dir, vis, 'visible'))
+          if stem not in src]
+    if no: raise FusionInputError(' and '.join(no))
+    f, a, b = load_gray255(fp), load_gray255(irs[stem]), load_gray255(vis[stem])
+    if not (f.shape == a.shape == b.shape):
+        raise FusionInputError(f"sizes differ (W x H): {fp} is {_size(f)}, {irs[stem]} is {_size(a)}, {vis[stem]} is {_size(b)}")
+    return f, a, b
 
 def evaluate_folders(
     fused_dir: Path|str,        # folder of fused images
@@ -495,30 +538,31 @@ def evaluate_folders(
     device: str|torch.device='cpu', # where to compute ('cuda' for a GPU)
     names=None,                 # fused file names to score (None: every image in `fused_dir`)
     **conventions,              # options of `compute_metrics` (see `CONVENTIONS`)
-) -> EvalResult:
-    "Score every fused image in `fused_dir` against the IR and VIS images with the same stem."
+) -> EvalResult:                # per-image values, plus `failed` images and `missing` pairs
+    "Score every fused image in `fused_dir` against the IR and VIS images with the same stem; record what cannot be scored."
     from tqdm.auto import tqdm
     metrics, conv = _check_metrics(metrics), _check_conventions(conventions)
+    device = resolve_device(device)
     fused, irs, vis = list_images(fused_dir), list_images(ir_dir), list_images(vi_dir)
     if not fused: raise FusionInputError(f"`fused_dir`: no images ({', '.join(IMAGE_EXTS)}) in {fused_dir}")
     if names is not None:
         by_name = {p.name: (s, p) for s, p in fused.items()}
         unknown = [n for n in names if n not in by_name]
-        if unknown: raise FusionInputError(f"`names`: not in {fused_dir}: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+        if unknown: raise FusionInputError(f"`names`: not in {fused_dir}: {_listing(unknown)}")
         fused = dict(by_name[n] for n in names)
-    for d, src, what in ((ir_dir, irs, 'infrared'), (vi_dir, vis, 'visible')):
-        missing = [p.name for s, p in fused.items() if s not in src]
-        if missing:
-            raise FusionInputError(f"{len(missing)} fused image(s) in {fused_dir} have no {what} source with the same stem "
-                                   f"in {d}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-    per_image = {}
+    missing = [] if names is not None else [s for s in irs if s in vis and s not in fused]  # a chosen subset misses nothing
+    per_image, failed = {}, {}
     for stem, fp in tqdm(fused.items(), desc='metrics', unit='img', disable=not progress):
-        f, a, b = load_gray255(fp), load_gray255(irs[stem]), load_gray255(vis[stem])
-        if not (f.shape == a.shape == b.shape):
-            raise FusionInputError(f"sizes differ (W x H): {fp} is {_size(f)}, {irs[stem]} is {_size(a)}, {vis[stem]} is {_size(b)}")
-        m = compute_metrics(f.to(device), a.to(device), b.to(device), metrics, **conv)
+        try:
+            f, a, b = _load_triplet(fp, stem, irs, vis, ir_dir, vi_dir)
+            m = compute_metrics(f.to(device), a.to(device), b.to(device), metrics, **conv)
+        except FusionInputError as e: failed[fp.name] = ' '.join(str(e).splitlines()); continue
         per_image[fp.name] = {k: float(v[0]) for k, v in m.items()}
-    return EvalResult(per_image, metrics, conv)
+    if not per_image:
+        (n, why), more = next(iter(failed.items())), len(failed) - 1
+        raise FusionInputError(f"`fused_dir`: none of the {len(failed)} fused image(s) in {fused_dir} could be evaluated: "
+                               f"{n}: {why}{f' (and {more} more failed)' if more else ''}")
+    return EvalResult(per_image, metrics, conv, failed, missing)
 
 # %% ../nbs/01_metrics.ipynb #b72fca2c
 def reference_dir() -> Path|None:
@@ -541,6 +585,9 @@ def compare_to_reference(
     src = root/spec['source']
     names = list(spec['per_image']) if names is None else list(names)
     res = evaluate_folders(root/spec['fused'], src/'ir', src/'vi', progress=progress, names=names, **conventions)
+    if res.failed:   # every image of a reference must be scored
+        raise FusionInputError(f"{spec_path}: {len(res.failed)} image(s) could not be evaluated: "
+                               + _listing([f"{k} ({r})" for k, r in res.failed.items()], '; '))
     worst = {}
     for name in names:
         for m, r in spec['per_image'][name].items():

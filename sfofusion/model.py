@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import FusionInputError, atomic_write_bytes, check_image, check_same_size
+from .core import FusionInputError, atomic_write_bytes, check_image, check_same_size, resolve_device
 from .spectrum import (
     AmplitudeFusion, FrequencyGain, PhaseAlign, PhaseFusion, SpectrumSplit, band_centres, band_energy, band_gain_map,
     band_weights, from_spectrum, log_amplitude, phase_difference, radial_frequency, to_spectrum)
@@ -374,22 +374,73 @@ def _save_pretrained(self: SFOFusion, folder: Path|str) -> Path:
     atomic_write_bytes(folder / CONFIG_FILE, (json.dumps(asdict(self.config), indent=2) + '\n').encode())
     return folder
 
-def _from_pretrained(cls, name_or_path: Path|str, # a folder with model.safetensors + config.json, or a shipped name
-                     device: str|torch.device='cpu') -> SFOFusion:
-    "Load a saved or shipped SFOFusion model (safetensors only, never pickle)."
-    from safetensors.torch import load_file
-    folder = Path(name_or_path)
-    if not folder.is_dir():
+
+# %% ../nbs/03_model.ipynb #c0e64b22
+def _model_files(name_or_path: Path|str, arg: str) -> tuple[Path, Path]:
+    "(weights file, config file) named by a shipped name, a saved folder, or a `.safetensors` file beside its config.json."
+    p = Path(name_or_path)
+    if p.is_file():
+        if p.suffix != '.safetensors':
+            raise FusionInputError(f"`{arg}`: {p} is a file but not a .safetensors weights file; give the model folder "
+                                   f"(with {WEIGHTS_FILE} + {CONFIG_FILE}) or a shipped name")
+        folder, weights = p.parent, p
+    elif p.is_dir(): folder, weights = p, p / WEIGHTS_FILE
+    else:
         names = shipped_models()
         if str(name_or_path) not in names:
-            raise FusionInputError(f"`name_or_path`: {str(name_or_path)!r} is neither a folder nor a shipped model; "
+            raise FusionInputError(f"`{arg}`: {str(name_or_path)!r} is neither a folder, a .safetensors file nor a shipped model; "
                                    f"shipped models: {', '.join(names) if names else 'none yet'}")
         folder = weights_dir() / str(name_or_path)
-    missing = [f for f in (WEIGHTS_FILE, CONFIG_FILE) if not (folder / f).is_file()]
-    if missing: raise FusionInputError(f"`name_or_path`: {folder} has no {' and no '.join(missing)}")
-    model = cls(SFOFusionConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text())))
-    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
-    return model.to(device).eval()
+        weights = folder / WEIGHTS_FILE
+    config = folder / CONFIG_FILE
+    if not weights.is_file() or not config.is_file():
+        lacks = ' and no '.join(f.name for f in (weights, config) if not f.is_file())
+        hint = (" (a training checkpoint's state.json: load it with `train.load_checkpoint`, or use the run's final/ folder)"
+                if (folder / 'state.json').is_file() else '')
+        raise FusionInputError(f"`{arg}`: {folder} has no {lacks}; expected a model folder written by save_pretrained{hint}")
+    return weights, config
+
+def _read_config(config: Path, arg: str) -> SFOFusionConfig:
+    "The `SFOFusionConfig` saved in `config`, with a one-line error naming the file when it cannot be used."
+    try: d = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FusionInputError(f"`{arg}`: {config} is not valid JSON ({e})") from None
+    if not isinstance(d, dict): raise FusionInputError(f"`{arg}`: {config} must hold a JSON object of config fields, got {type(d).__name__}")
+    try: return SFOFusionConfig.from_dict(d)
+    except FusionInputError as e: raise FusionInputError(f"`{arg}`: {config}: {e}") from None
+    except TypeError as e: raise FusionInputError(f"`{arg}`: {config}: a field has the wrong type ({e})") from None
+
+def _read_weights(model: nn.Module, weights: Path, config: Path, arg: str) -> None:
+    "Load `weights` into `model` (strict), with a one-line error naming the file when they do not fit."
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try: state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FusionInputError(f"`{arg}`: {weights} is not a readable safetensors file ({e})") from None
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shape = [f"{k}: saved {tuple(state[k].shape)}, expected {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or extra or shape:
+        what = '; '.join(x for x in (f"{len(missing)} missing (e.g. {missing[0]})" if missing else '',
+                                     f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else '',
+                                     f"{len(shape)} of another shape (e.g. {shape[0]})" if shape else '') if x)
+        raise FusionInputError(f"`{arg}`: the weights in {weights} do not fit the network {config.name} describes ({what}); "
+                               "the two files must come from the same save")
+    model.load_state_dict(state, strict=True)
+
+
+# %% ../nbs/03_model.ipynb #b889cda9
+def _from_pretrained(cls, name_or_path: Path|str, # a shipped name, a folder with model.safetensors + config.json, or the .safetensors file in one
+                     device: str|torch.device='cpu',
+                     arg: str='name_or_path',     # the argument's name in error messages (callers pass their own, e.g. 'model')
+                    ) -> SFOFusion:
+    "Load a saved or shipped SFOFusion model (safetensors only, never pickle)."
+    dev = resolve_device(device)
+    weights, config = _model_files(name_or_path, arg)
+    model = cls(_read_config(config, arg))
+    _read_weights(model, weights, config, arg)
+    return model.to(dev).eval()
 
 SFOFusion.save_pretrained = _save_pretrained
 SFOFusion.from_pretrained = classmethod(_from_pretrained)
+

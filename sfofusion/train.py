@@ -11,21 +11,24 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 import numpy as np
+import yaml
 import torch
 import torch.distributed as dist
 from torch import nn, Tensor
 from safetensors.torch import save_file, load_file
 
-from .core import FusionInputError, atomic_write_bytes, find_pairs, load_pair, load_gray255, to_uint8
+from .core import FusionInputError, atomic_write_bytes, find_pairs, load_pair, load_gray255, resolve_device, to_uint8
 from .model import SFOFusion, SFOFusionConfig, build_model
 from .losses import FusionLoss, LossConfig
-from .data import get_dataset, FusionCrops, SyntheticPairs, collate_fusion
+from .data import DATASETS, get_dataset, FusionCrops, SyntheticPairs, collate_fusion
 from .metrics import compute_metrics
 
 # %% auto #0
-__all__ = ['VAL_METRICS', 'TrainConfig', 'lr_at', 'read_names', 'build_train_dataset', 'collate_pairs', 'epoch_batches',
-           'save_checkpoint', 'load_checkpoint', 'save_step_checkpoint', 'latest_checkpoint', 'validate',
-           'initial_model', 'replica_max_diff', 'save_on_interrupt', 'train', 'read_log', 'plot_log']
+__all__ = ['VAL_METRICS', 'RUN_FILES', 'RESUME_FREE', 'TrainConfig', 'read_config_file', 'check_keys', 'nested_config',
+           'check_train_config', 'lr_at', 'read_names', 'check_crop', 'build_train_dataset', 'collate_pairs',
+           'epoch_batches', 'save_checkpoint', 'load_checkpoint', 'save_step_checkpoint', 'latest_checkpoint',
+           'validate', 'RunStart', 'dry_run_report', 'open_run', 'trim_log', 'initial_model', 'replica_max_diff',
+           'save_on_interrupt', 'train', 'read_log', 'plot_log']
 
 # %% ../nbs/07_train.ipynb #88bb8162
 @dataclass
@@ -61,20 +64,15 @@ class TrainConfig:
     log_every: int = 1
     progress: bool = True           # tqdm progress bar (rank 0 only)
 
+    def __post_init__(self): check_train_config(self)
+
     @classmethod
     def load(cls, path: Path|str) -> 'TrainConfig':
         "Read a config from a YAML or JSON file (unknown keys raise, listing the valid ones)."
-        path = Path(path)
-        if not path.is_file(): raise FusionInputError(f"`config`: {path} not found")
-        txt = path.read_text()
-        if path.suffix.lower() in ('.yaml', '.yml'):
-            import yaml
-            d = yaml.safe_load(txt) or {}
-        else: d = json.loads(txt)
-        return cls().override(**d)
+        return cls().override(**read_config_file(path))
 
     def override(self, **kw) -> 'TrainConfig':
-        "A copy with fields replaced; string values are converted to each field's type."
+        "A checked copy with fields replaced; string values are converted to each field's type."
         names = {f.name: f for f in dataclasses.fields(self)}
         new = {}
         for k, v in kw.items():
@@ -84,6 +82,24 @@ class TrainConfig:
 
     def to_dict(self) -> dict: return asdict(self)
 
+def read_config_file(path: Path|str) -> dict:
+    "The mapping of config fields in a YAML (.yaml/.yml) or JSON file, with a one-line error for anything else."
+    path = Path(path)
+    if not path.is_file(): raise FusionInputError(f"`config`: {path} not found")
+    txt = path.read_text(errors='replace')
+    if path.suffix.lower() in ('.yaml', '.yml'):
+        try: d = yaml.safe_load(txt)
+        except yaml.YAMLError as e:
+            where = f" at line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}" if getattr(e, 'problem_mark', None) else ''
+            raise FusionInputError(f"`config`: {path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    elif path.suffix.lower() == '.json':
+        try: d = json.loads(txt)
+        except json.JSONDecodeError as e: raise FusionInputError(f"`config`: {path} is not valid JSON ({e})") from None
+    else: raise FusionInputError(f"`config`: expected a .yaml, .yml or .json file, got {path.name}")
+    if d is None: return {}
+    if not isinstance(d, dict): raise FusionInputError(f"`config`: {path} must hold a mapping of config fields (key: value), got a {type(d).__name__}")
+    return d
+
 def _coerce(v, like, name):
     "Convert `v` (often a command-line string) to the type of the current value `like`."
     if not isinstance(v, str) or isinstance(like, str): return v
@@ -92,13 +108,81 @@ def _coerce(v, like, name):
         if isinstance(like, int): return int(v)
         if isinstance(like, float): return float(v)
         if isinstance(like, (list, dict)):
-            import yaml
             out = yaml.safe_load(v)
             if isinstance(like, list) and not isinstance(out, list): out = [out]
             return out
-    except (KeyError, ValueError) as e:
-        raise FusionInputError(f"config field {name!r}: cannot read {v!r} as {type(like).__name__}") from e
+    except (KeyError, ValueError, yaml.YAMLError) as e:
+        kind = {bool: 'true or false', int: 'an integer', float: 'a number', list: 'a list (YAML)', dict: 'a mapping (YAML)'}[type(like)]
+        raise FusionInputError(f"config field `{name}`: cannot read {v!r} as {kind}") from None
     return v
+
+
+# %% ../nbs/07_train.ipynb #383f28eb
+def check_keys(cls: type, d, name: str) -> None:
+    "Raise unless `d` is a mapping whose keys are all fields of the dataclass `cls` (the message lists the valid ones)."
+    if not isinstance(d, dict): raise FusionInputError(f"config field `{name}`: expected a mapping of {cls.__name__} fields, got {d!r}")
+    valid = [f.name for f in dataclasses.fields(cls)]
+    bad = sorted(set(d) - set(valid), key=str)
+    if bad: raise FusionInputError(f"config field `{name}`: unknown key(s) {', '.join(map(str, bad))}; valid keys: {', '.join(valid)}")
+
+def _type_ok(v, like) -> bool:
+    "Is `v` of the kind of the default `like` (ints for ints, numbers for floats, and so on)?"
+    if isinstance(like, bool): return isinstance(v, bool)
+    if isinstance(like, int): return _is_int(v)
+    if isinstance(like, float): return _is_num(v)
+    if isinstance(like, str): return isinstance(v, str)
+    if isinstance(like, (list, tuple)): return isinstance(v, (list, tuple))
+    if isinstance(like, dict): return isinstance(v, dict)
+    return True                                        # None or other defaults: the class checks them
+
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+
+def nested_config(cls: type, # the config dataclass the dict overrides (e.g. `LossConfig`)
+                  d: dict,   # overrides of its fields
+                  name: str, # the field holding `d`, for the message
+                  base: dict|None=None, # values to start from (e.g. a loaded model's config)
+                 ):
+    "`cls(**base, **d)`, with unknown keys, wrong types and the class's own checks as one-line `FusionInputError`s."
+    check_keys(cls, d, name)
+    for f in dataclasses.fields(cls):
+        if f.name in d and not _type_ok(d[f.name], _default(f)):
+            raise FusionInputError(f"config field `{name}`: {f.name} expected {type(_default(f)).__name__}, got {d[f.name]!r}")
+    try: return cls(**{**(base or {}), **d})
+    except FusionInputError as e: raise FusionInputError(f"config field `{name}`: {e}") from None
+    except (TypeError, ValueError) as e: raise FusionInputError(f"config field `{name}`: a value has the wrong type ({e})") from None
+
+def _need(cfg, name: str, ok: bool, expected: str) -> None:
+    if not ok: raise FusionInputError(f"config field `{name}`: expected {expected}, got {getattr(cfg, name)!r}")
+
+def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
+def _is_num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def check_train_config(cfg: 'TrainConfig') -> None:
+    "Raise `FusionInputError` naming the first field of `cfg` with a wrong type or value (nested dicts included)."
+    for f in dataclasses.fields(cfg):
+        v, like = getattr(cfg, f.name), _default(f)
+        if isinstance(like, bool): _need(cfg, f.name, isinstance(v, bool), 'true or false')
+        elif isinstance(like, int): _need(cfg, f.name, _is_int(v), 'an integer')
+        elif isinstance(like, float): _need(cfg, f.name, _is_num(v), 'a finite number')
+        elif isinstance(like, str): _need(cfg, f.name, isinstance(v, str), 'a string')
+        elif isinstance(like, list): _need(cfg, f.name, isinstance(v, list) and all(isinstance(x, str) for x in v), 'a list of strings')
+        elif isinstance(like, dict): _need(cfg, f.name, isinstance(v, dict), 'a mapping (key: value)')
+    for name in ('crop',): _need(cfg, name, getattr(cfg, name) >= 16, 'an integer >= 16 (pixels)')
+    for name in ('batch_size', 'steps', 'val_max_pairs', 'synthetic_pairs', 'keep_ckpts', 'log_every'):
+        _need(cfg, name, getattr(cfg, name) >= 1, 'an integer >= 1')
+    for name in ('warmup_steps', 'num_workers', 'ckpt_every', 'val_every', 'seed'): _need(cfg, name, getattr(cfg, name) >= 0, 'an integer >= 0')
+    for name in ('lr', 'weight_decay', 'grad_clip'): _need(cfg, name, getattr(cfg, name) >= 0, 'a number >= 0')
+    _need(cfg, 'min_lr_ratio', 0 <= cfg.min_lr_ratio <= 1, 'a number in [0, 1]')
+    _need(cfg, 'precision', cfg.precision in ('fp32', 'bf16', 'fp16'), "'fp32', 'bf16' or 'fp16'")
+    _need(cfg, 'data', len(cfg.data) > 0, "at least one entry ('synthetic' or 'NAME:ROOT')")
+    for spec in cfg.data:
+        name = spec.split(':', 1)[0].lower()
+        if spec != 'synthetic' and (':' not in spec or name not in DATASETS):
+            raise FusionInputError(f"config field `data`: expected 'synthetic' or 'NAME:ROOT' with NAME one of {', '.join(DATASETS)}, got {spec!r}")
+    nested_config(LossConfig, cfg.loss, 'loss')
+    if cfg.init_weights: check_keys(SFOFusionConfig, cfg.model, 'model')  # values: once the loaded model's config is known
+    else: nested_config(SFOFusionConfig, cfg.model, 'model')
 
 # %% ../nbs/07_train.ipynb #4647a461
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -123,6 +207,24 @@ def read_names(items: list|str, # pair names, or '@FILE' entries naming a text f
         else: names.add(Path(it).stem)
     return names
 
+def check_crop(crop: int,        # square crop side in pixels
+               pairs: list,      # the training pairs (`Pair`s)
+               scale: float=1.,  # images are rescaled by this before cropping
+              ) -> None:
+    "Raise when a training image is smaller than the crop: it would be padded into mostly invented pixels (and memory)."
+    from PIL import Image
+    sizes = []
+    for p in pairs:
+        try:
+            with Image.open(p.ir) as im: w, h = im.size  # reads the header only
+        except OSError: continue                     # an unreadable file is the dataset's to report
+        sizes.append((round(w * scale), round(h * scale)))
+    small = [s for s in sizes if min(s) < crop]
+    if small:
+        w, h = min(small, key=min)
+        raise FusionInputError(f"config field `crop`: {crop} is larger than {len(small)} of the {len(sizes)} training images (the smallest "
+                               f"is {w}x{h}, W x H{f', after scale {scale:g}' if scale != 1 else ''}); use crop <= {min(w, h)}")
+
 def build_train_dataset(cfg: TrainConfig):
     "The training crop dataset described by `cfg.data`."
     bases = []
@@ -142,6 +244,7 @@ def build_train_dataset(cfg: TrainConfig):
             ds.pairs = kept
     if excluded and not removed:  # a wrong list would otherwise train on the pairs it was meant to hold out
         raise FusionInputError(f"`exclude`: none of its {len(excluded)} names is a pair of `data` ({', '.join(cfg.data)})")
+    check_crop(cfg.crop, [p for ds in bases for p in getattr(ds, 'pairs', [])])
     base = bases[0] if len(bases) == 1 else torch.utils.data.ConcatDataset(bases)
     return FusionCrops(base, size=cfg.crop, seed=cfg.seed)
 
@@ -194,6 +297,8 @@ def save_checkpoint(folder: Path|str,  # checkpoint folder to create (replaced i
     tmp.mkdir(parents=True)
     for name, m in _as_dict(modules, 'model').items():
         save_file({k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}, str(tmp/f'{name}.safetensors'))
+        if name == 'model' and isinstance(m, SFOFusion):  # with its config.json the folder loads like a saved model
+            (tmp/'config.json').write_text(json.dumps(asdict(m.config), indent=2))
     tensors, metas = {}, {}
     for name, o in _as_dict(optimizers, 'model').items():
         t, metas[name] = _opt_to_flat(o, f'opt.{name}')
@@ -265,13 +370,80 @@ def validate(model: nn.Module, folder: Path|str, max_pairs: int|None=8, metrics=
     model.train(was_training)
     return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]} if rows else {}
 
+# %% ../nbs/07_train.ipynb #143551ac
+RUN_FILES = ('config.json', 'log.jsonl', 'checkpoints', 'final', 'loss.png', 'result.json')  # what a fusion run writes
+RESUME_FREE = ('out_dir', 'device', 'num_workers', 'progress', 'log_every', 'ckpt_every', 'keep_ckpts', 'val_every')
+
+@dataclass
+class RunStart:
+    "Where a run starts: the checkpoint to resume from (None: step 0), or the result of a run that already finished."
+    checkpoint: Path|None = None
+    finished: dict|None = None
+
+    @property
+    def step(self) -> int:
+        "The step the run continues from."
+        return json.loads((self.checkpoint/'state.json').read_text())['step'] if self.checkpoint else 0
+
+def dry_run_report(start: RunStart, out: Path, items: int, dev: torch.device) -> dict:
+    "What a dry run found, and the line it prints."
+    print(f"dry run: the config checks; {items} training items; would {'continue from step ' + str(start.step) if start.checkpoint else 'start'} "
+          f"in {out} on {dev}; nothing was written")
+    return dict(dry_run=True, step=start.step, items=items, device=str(dev), out_dir=str(out))
+
+def _config_changes(saved: dict, now: dict, defaults: dict) -> list[str]:
+    "'field: saved -> now' for each result-changing field that differs (fields missing from `saved` count as their default)."
+    now = json.loads(json.dumps(now))                 # tuples -> lists, as saved
+    return [f"{k}: {saved.get(k, defaults.get(k))!r} -> {now[k]!r}" for k in now
+            if k not in RESUME_FREE and saved.get(k, defaults.get(k)) != now[k]]
+
+def open_run(out: Path|str,     # the run folder
+             config: dict,      # this run's config (`cfg.to_dict()`)
+             defaults: dict,    # the config class's defaults (for fields older runs did not record)
+             resume: bool=False, overwrite: bool=False,
+             files: tuple=RUN_FILES, # the names a run of this kind writes
+             dry: bool=False,   # only check: never remove anything
+            ) -> RunStart:
+    "Check `out` before any work: refuse to mix two runs, resume only the same config, clear a run on `overwrite`."
+    import shutil
+    out = Path(out)
+    if resume and overwrite: raise FusionInputError("`resume` and `overwrite`: give one (continue the run, or replace it), not both")
+    if out.exists() and not out.is_dir(): raise FusionInputError(f"`out_dir`: {out} exists and is not a folder")
+    found = [n for n in files if (out/n).exists()]
+    if not found:
+        if resume: print(f"resume: no run in {out}; starting a new one")
+        return RunStart()
+    if overwrite:
+        for n in found if not dry else (): shutil.rmtree(out/n) if (out/n).is_dir() else (out/n).unlink()
+        return RunStart()
+    ck = latest_checkpoint(out)
+    what = ', '.join(f"{n}/ at step {int(ck.name[5:])}" if n == 'checkpoints' and ck else n for n in found)
+    if not resume:
+        raise FusionInputError(f"`out_dir`: {out} already holds a run ({what}); continue it with `resume`, replace it with "
+                               "`overwrite`, or choose another `out_dir`")
+    saved = json.loads((out/'config.json').read_text()) if (out/'config.json').is_file() else {}
+    changes = _config_changes(saved, config, defaults)
+    if changes:
+        raise FusionInputError(f"`resume`: the config differs from the run's {out/'config.json'} in {'; '.join(changes)}; "
+                               "a resumed run keeps its config (train longer from its weights with `init_weights`, in a new `out_dir`)")
+    if (out/'result.json').is_file() and (out/'final').is_dir():
+        return RunStart(ck, json.loads((out/'result.json').read_text()))
+    return RunStart(ck)
+
+def trim_log(path: Path|str, step: int) -> None:
+    "Drop the rows after `step` from a JSONL log (what a run logged after its last checkpoint is redone on resume)."
+    path = Path(path)
+    if not path.is_file(): return
+    rows = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get('step', 0) <= step]
+    atomic_write_bytes(path, ''.join(l + '\n' for l in rows).encode())
+
 # %% ../nbs/07_train.ipynb #2724e15e
 def initial_model(cfg: TrainConfig) -> SFOFusion:
     "The network a run starts from: fresh, or `init_weights` (with `cfg.model` overriding its saved config)."
-    if not cfg.init_weights: return build_model(SFOFusionConfig(**cfg.model))
-    model = SFOFusion.from_pretrained(cfg.init_weights)
+    if not cfg.init_weights: return build_model(nested_config(SFOFusionConfig, cfg.model, 'model'))
+    model = SFOFusion.from_pretrained(cfg.init_weights, arg='init_weights')
     if cfg.model:  # e.g. fine-tune with another select_sharpness: the same weights in a network built with the overrides
-        new = build_model(SFOFusionConfig(**{**dataclasses.asdict(model.config), **cfg.model}))
+        new = build_model(nested_config(SFOFusionConfig, cfg.model, 'model', base=dataclasses.asdict(model.config)))
         new.load_state_dict(model.state_dict())
         model = new
     return model
@@ -281,9 +453,7 @@ def _setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     "(rank, world size, device); initialises torch.distributed when launched by torchrun."
     world = int(os.environ.get('WORLD_SIZE', '1'))
     rank = int(os.environ.get('RANK', '0'))
-    want = cfg.device if cfg.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')
-    if want.startswith('cuda') and not torch.cuda.is_available():
-        raise FusionInputError(f"`device`: {want!r} requested but CUDA is not available (use 'cpu' or 'auto')")
+    want = str(resolve_device(cfg.device, 'device', allow_auto=True))
     if world > 1:
         if want.startswith('cuda'): want = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         if not dist.is_initialized():
@@ -325,32 +495,38 @@ def _log(path: Path, row: dict) -> None:
     with open(path, 'a') as f: f.write(json.dumps(row) + '\n')
 
 def train(cfg: TrainConfig,           # the run's configuration
-          resume: bool=False,         # continue from the latest checkpoint in `cfg.out_dir`
+          resume: bool=False,         # continue the run in `cfg.out_dir` from its latest checkpoint
           stop_after: int|None=None,  # stop (with a checkpoint) after this global step: simulates an interruption
+          overwrite: bool=False,      # replace a run already in `cfg.out_dir` (default: refuse)
+          dry_run: bool=False,        # check config, data, device, model and run folder, then stop: nothing is written
          ) -> dict:                   # step, loss, skipped, weights folder, last validation
     "Train the fusion network as described by `cfg`."
+    if not isinstance(cfg, TrainConfig):
+        raise FusionInputError(f"`cfg`: expected a TrainConfig (TrainConfig(**fields) or TrainConfig.load(path)), got {type(cfg).__name__}")
     rank, world, dev = _setup_distributed(cfg)
     out = Path(cfg.out_dir)
-    if rank == 0: out.mkdir(parents=True, exist_ok=True)
+    start = open_run(out, cfg.to_dict(), asdict(type(cfg)()), resume, overwrite, dry=dry_run) if rank == 0 else None
+    if world > 1: obj = [start]; dist.broadcast_object_list(obj, 0); start = obj[0]
+    if start.finished is not None:
+        if rank == 0: print(f"{out} holds a finished run ({start.finished.get('step')} steps): nothing to do")
+        return start.finished
+    ds = build_train_dataset(cfg)        # bad data fails here, before the folder is touched
     torch.manual_seed(cfg.seed)
     model = initial_model(cfg).to(dev)
+    if dry_run: return dry_run_report(start, out, len(ds), dev)
+    if rank == 0: out.mkdir(parents=True, exist_ok=True)
     model.train()
     loss_fn = FusionLoss(LossConfig(**cfg.loss)).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler('cuda', enabled=(cfg.precision == 'fp16' and dev.type == 'cuda'))
     step, skipped = 0, 0
-    if resume:
-        ck = latest_checkpoint(out)
-        if ck is None:
-            if rank == 0: print(f"resume: no checkpoint in {out/'checkpoints'}, starting from scratch")
-        else:
-            meta = load_checkpoint(ck, model, opt)
-            step, skipped = meta['step'], meta.get('skipped', 0)
-            if rank == 0: print(f"resumed from {ck} at step {step}")
-    elif rank == 0 and (out/'log.jsonl').exists(): (out/'log.jsonl').unlink()
+    if start.checkpoint is not None:
+        meta = load_checkpoint(start.checkpoint, model, opt)
+        step, skipped = meta['step'], meta.get('skipped', 0)
+        if rank == 0: trim_log(out/'log.jsonl', step); print(f"resumed from {start.checkpoint} at step {step}")
+    elif rank == 0 and (out/'log.jsonl').exists(): (out/'log.jsonl').unlink()  # a resumed run that never reached a checkpoint
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    ds = build_train_dataset(cfg)
-    if rank == 0: (out/'config.json').write_text(json.dumps(cfg.to_dict(), indent=1))
+    if rank == 0: atomic_write_bytes(out/'config.json', json.dumps(cfg.to_dict(), indent=1).encode())
 
     def checkpoint(s):
         if rank == 0: save_step_checkpoint(out, s, model, opt, dict(skipped=skipped, config=cfg.to_dict()), cfg.keep_ckpts)

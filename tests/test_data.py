@@ -1,5 +1,5 @@
 "Tests of sfofusion.data: label readers, dataset layouts, synthetic pairs, crops, download and dataset checks."
-import hashlib, http.server, io, re, socket, tarfile, threading, warnings, zipfile
+import hashlib, http.server, io, os, re, socket, tarfile, threading, warnings, zipfile
 from pathlib import Path
 
 import cv2
@@ -12,8 +12,9 @@ from sfofusion.core import FusionInputError, Pair, rgb_to_ycbcr, shared_dir
 from sfofusion.data import (BOX_TOL_PX, DATASET_SOURCES, DATASETS, FMB, IGNORE_INDEX, LLVIP, M3FD, MSRS, TNO,
                             BoxLines, DatasetDownloadError, FusionCrops, Layout, MergedLabels, PairFolder, RoadScene,
                             SkippedDataWarning, SyntheticPairs, VocLabels, YoloLabels, _pad_reflect, check_dataset,
-                            collate_fusion, crop_boxes, detect_dataset, download, extract_archive, fetch_dataset,
-                            get_dataset, inspect_pair, open_box_source, read_class_names, read_mask, synthetic_pair)
+                            collate_fusion, crop_boxes, default_dataset_dir, detect_dataset, download, extract_archive,
+                            fetch_dataset, get_dataset, inspect_pair, open_box_source, read_class_names, read_mask,
+                            synthetic_pair)
 
 
 # ---------------------------------------------------------------- helpers
@@ -444,9 +445,9 @@ def test_fetch_downloads_verifies_and_arranges(server, tmp_path, capsys):
     assert sorted(p.name for p in to.iterdir()) == ['ir', 'vi'] and len(RoadScene(to)) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ['RoadScene']  # archive and temporary folder removed
     assert check_dataset(to).ok
-    # a second call finds the folder and does nothing
+    # a second call finds the dataset and does nothing
     fetch_dataset('roadscene', to, url=server.url('/missing.zip'), progress=False)
-    assert 'nothing fetched' in capsys.readouterr().out
+    assert 'RoadScene: already present' in capsys.readouterr().out
 
 def test_fetch_prints_hash_when_unknown_and_keeps_archive(server, tmp_path, capsys):
     data = roadscene_zip(1)
@@ -516,16 +517,17 @@ def test_fetch_from_local_archive_tar_and_layout_errors(tmp_path):
     for n in ('a', 'b'): (src/'LLVIP'/'Annotations'/f'{n}.xml').write_text(voc([('person', 1, 1, 5, 5)], 16, 16))
     with tarfile.open(tmp_path/'llvip.tar.gz', 'w:gz') as t: t.add(src/'LLVIP', arcname='LLVIP')
     arch = tmp_path/'llvip.tar.gz'
-    with pytest.raises(DatasetDownloadError, match='checksum mismatch'): fetch_dataset('llvip', tmp_path/'L0', archive=arch, sha256='1' * 64)
+    with pytest.raises(FusionInputError, match='`archive`: checksum mismatch'): fetch_dataset('llvip', tmp_path/'L0', archive=arch, sha256='1' * 64)
     assert arch.exists()  # the user's own file is never deleted
     to = fetch_dataset('llvip', tmp_path/'data'/'LLVIP', archive=arch, sha256=sha(arch.read_bytes()))
     assert LLVIP(to, 'train')[1]['boxes'].tolist() == [[1, 1, 5, 5]]
-    with pytest.raises(DatasetDownloadError, match=r"archive has no 'cropinfrared'.*pass layout="):
+    with pytest.raises(FusionInputError, match=r"`archive`: .*llvip.tar.gz: the archive has no 'cropinfrared'.*pass layout="):
         fetch_dataset('roadscene', tmp_path/'RS', archive=arch)
     assert not (tmp_path/'RS').exists()
     with pytest.raises(FusionInputError, match='`archive`'): fetch_dataset('llvip', tmp_path/'X', archive=tmp_path/'none.zip')
     (tmp_path/'plain.zip').write_bytes(b'hello')
-    with pytest.raises(DatasetDownloadError, match='neither a zip nor a tar'): fetch_dataset('llvip', tmp_path/'Y', archive=tmp_path/'plain.zip')
+    with pytest.raises(FusionInputError, match='`archive`: .*plain.zip is neither a zip nor a tar'):
+        fetch_dataset('llvip', tmp_path/'Y', archive=tmp_path/'plain.zip')
     with pytest.raises(FusionInputError, match="unknown dataset 'kaist'"): fetch_dataset('kaist', tmp_path/'K')
 
 @pytest.mark.parametrize('kind', ['dotdot', 'absolute', 'zipsymlink', 'tarsymlink', 'tardotdot'])
@@ -546,9 +548,189 @@ def test_extraction_rejects_unsafe_members(tmp_path, kind):
     with pytest.raises(DatasetDownloadError, match='unsafe path|symbolic link|link or special'):
         extract_archive(arch, tmp_path/'out')
     assert not (tmp_path/'out').exists() and not (tmp_path.parent/'evil.txt').exists()
-    with pytest.raises(DatasetDownloadError):
+    with pytest.raises(FusionInputError, match='`archive`: .*(unsafe path|symbolic link|link or special)'):
         fetch_dataset('tno', tmp_path/'TNO', archive=arch)
     assert sorted(p.name for p in tmp_path.iterdir()) == [arch.name]  # no dataset, no temporary folder
+
+
+# ---------------------------------------------------------------- fetch: where the dataset goes, mistakes, interruptions
+
+def listing(folder: Path) -> list:
+    "Every path under `folder`, relative, sorted (hidden ones included)."
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob('*'))
+
+def test_default_dataset_dir_and_fetch_without_to(tmp_path, monkeypatch):
+    assert {k: str(default_dataset_dir(k)) for k in DATASET_SOURCES} == dict(
+        msrs='data/MSRS', roadscene='data/RoadScene', tno='data/TNO', llvip='data/LLVIP', m3fd='data/M3FD', fmb='data/FMB')
+    assert default_dataset_dir('RoadScene', tmp_path/'sets') == tmp_path/'sets'/'RoadScene'
+    with pytest.raises(FusionInputError, match="^`name`: unknown dataset 'kaist'; valid names: msrs, roadscene, tno, llvip, m3fd, fmb$"):
+        default_dataset_dir('kaist')
+    (tmp_path/'rs.zip').write_bytes(roadscene_zip(2))
+    monkeypatch.chdir(tmp_path)
+    assert fetch_dataset('roadscene', archive='rs.zip') == Path('data/RoadScene')
+    assert len(RoadScene(tmp_path/'data'/'RoadScene')) == 2
+
+def test_fetch_into_a_folder_holding_other_files_raises_and_changes_nothing(server, tmp_path):
+    data = tmp_path/'data'  # a fresh clone's data/
+    (data/'splits').mkdir(parents=True)
+    (data/'README.md').write_text('# data/\n'); (data/'splits'/'msrs_val50.txt').write_text('00001D\n')
+    before = listing(tmp_path)
+    server.files['/rs.zip'] = roadscene_zip(1)
+    with pytest.raises(FusionInputError) as e:
+        fetch_dataset('roadscene', data, url=server.url('/rs.zip'), progress=False)
+    assert str(e.value) == (f"`to`: {data} is not empty (it has README.md, splits/) but no RoadScene pairs; "
+                            f"give a new or empty folder, e.g. {data/'RoadScene'}")
+    assert server.log == [] and listing(tmp_path) == before and (data/'README.md').read_text() == '# data/\n'
+    make_msrs(tmp_path/'MSRS')  # another dataset's folder is not this one
+    with pytest.raises(FusionInputError, match=r"`to`: .*MSRS is not empty \(it has train/\) but no LLVIP pairs; give a new or empty folder, e.g. .*MSRS/LLVIP$"):
+        fetch_dataset('llvip', tmp_path/'MSRS')
+    assert fetch_dataset('roadscene', data/'RoadScene', url=server.url('/rs.zip'), progress=False) == data/'RoadScene'  # the advice works
+    (tmp_path/'RoadScene').mkdir(); (tmp_path/'RoadScene'/'notes.txt').write_text('mine')  # already named for the dataset: no e.g.
+    with pytest.raises(FusionInputError, match=r"RoadScene is not empty \(it has notes\.txt\) but no RoadScene pairs; give a new or empty folder$"):
+        fetch_dataset('roadscene', tmp_path/'RoadScene', url=server.url('/rs.zip'), progress=False)
+    assert (tmp_path/'RoadScene'/'notes.txt').read_text() == 'mine'
+
+def test_fetch_into_a_folder_holding_the_dataset_says_already_present(tmp_path, capsys):
+    to = tmp_path/'RoadScene'
+    png(to/'ir'/'FLIR_1.jpg', ramp(8, 8)); png(to/'vi'/'FLIR_1.jpg', ramp(8, 8))
+    (tmp_path/'RoadScene-master.zip.part').write_bytes(b'PK')  # a partial download no run can use any more
+    assert fetch_dataset('roadscene', to) == to                   # no network: nothing to fetch
+    part = tmp_path/'RoadScene-master.zip.part'
+    assert capsys.readouterr().out == (f"removed {part}: a partial download that is no longer needed\n"
+                                       f"RoadScene: already present in {to} (1 pair); nothing fetched\n")
+    assert listing(tmp_path) == ['RoadScene', 'RoadScene/ir', 'RoadScene/ir/FLIR_1.jpg', 'RoadScene/vi', 'RoadScene/vi/FLIR_1.jpg']
+    root = make_msrs(tmp_path/'MSRS', names=('a', 'b', 'c'))
+    make_msrs(root, names=('d',), split='test')
+    fetch_dataset('msrs', root, archive=None)
+    assert capsys.readouterr().out == f"MSRS: already present in {root} (4 pairs); nothing fetched\n"
+
+class _CtrlC:
+    "A progress bar that is interrupted (KeyboardInterrupt) at its first update, after the first chunk was written."
+    def __init__(self, *a): pass
+    def update(self, n): raise KeyboardInterrupt
+    def close(self): pass
+
+def big_roadscene_zip() -> bytes:
+    "A RoadScene zip of a few MiB (stored, not compressed), so that a download takes several chunks."
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, 'w') as z:
+        z.writestr('RoadScene-master/cropinfrared/FLIR_00001.jpg', cv2.imencode('.jpg', ramp(20, 24))[1].tobytes())
+        z.writestr('RoadScene-master/crop_LR_visible/FLIR_00001.jpg', cv2.imencode('.jpg', ramp(20, 24, 1))[1].tobytes())
+        z.writestr('RoadScene-master/padding.bin', bytes(np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8)))
+    return buf.getvalue()
+
+def test_interrupted_fetch_resumes_and_cleans_up(server, tmp_path, monkeypatch):
+    data = big_roadscene_zip()
+    server.files['/rs.zip'] = data
+    to, url = tmp_path/'RoadScene', server.url('/rs.zip')
+    # Ctrl-C while downloading: the .part file stays, to be resumed
+    monkeypatch.setattr('sfofusion.data._progress', _CtrlC)
+    with pytest.raises(KeyboardInterrupt): fetch_dataset('roadscene', to, url=url, sha256=sha(data))
+    assert listing(tmp_path) == ['RoadScene-rs.zip.part'] and (tmp_path/'RoadScene-rs.zip.part').stat().st_size == 1 << 20
+    # fetches killed while extracting (no `finally` ran) left their temporary folders; one fetch is still running
+    (tmp_path/'.RoadScene.999999999-abcd1234.tmp'/'x'/'ir').mkdir(parents=True)
+    (tmp_path/'.RoadScene.k3j_x9qz.tmp'/'out').mkdir(parents=True)  # named as before the pid was added
+    running = tmp_path/f'.RoadScene.{os.getpid()}-zzzz0000.tmp'
+    running.mkdir()
+    monkeypatch.undo()
+    assert fetch_dataset('roadscene', to, url=url, sha256=sha(data), progress=False) == to
+    assert server.log[-1]['range'] == f'bytes={1 << 20}-'  # resumed
+    assert listing(tmp_path) == [running.name, 'RoadScene', 'RoadScene/ir', 'RoadScene/ir/FLIR_00001.jpg',
+                                 'RoadScene/vi', 'RoadScene/vi/FLIR_00001.jpg']
+
+def test_interrupted_extraction_reuses_the_download(server, tmp_path, monkeypatch):
+    data = roadscene_zip(2)
+    server.files['/rs.zip'] = data
+    to, url = tmp_path/'RS', server.url('/rs.zip')
+    def ctrl_c(*a): raise KeyboardInterrupt
+    monkeypatch.setattr('sfofusion.data._apply_layout', ctrl_c)
+    with pytest.raises(KeyboardInterrupt): fetch_dataset('roadscene', to, url=url, sha256=sha(data), progress=False)
+    assert listing(tmp_path) == ['RS-rs.zip']  # the verified download, no temporary folder, no half dataset
+    monkeypatch.undo()
+    n_requests = len(server.log)
+    fetch_dataset('roadscene', to, url=url, sha256=sha(data), progress=False)
+    assert len(server.log) == n_requests and len(RoadScene(to)) == 2 and listing(tmp_path)[0] == 'RS'
+    assert not (tmp_path/'RS-rs.zip').exists()
+
+def test_bad_download_is_removed_unless_a_rerun_can_use_it(server, tmp_path):
+    good = roadscene_zip(2)
+    server.files['/rs.zip'] = good[:len(good) // 2]  # truncated by the server; no checksum to catch it
+    with pytest.raises(DatasetDownloadError, match=r"RS-rs\.zip is neither a zip nor a tar archive \(.*it starts like a zip: "
+                                                   r"truncated or damaged\?\); the download .*RS-rs\.zip was removed: run again"):
+        fetch_dataset('roadscene', tmp_path/'RS', url=server.url('/rs.zip'), progress=False)
+    assert listing(tmp_path) == []
+    server.files['/rs.zip'] = good
+    assert len(RoadScene(fetch_dataset('roadscene', tmp_path/'RS', url=server.url('/rs.zip'), progress=False))) == 2
+    # an archive in another layout is kept: the next run, with layout=, uses it without downloading again
+    server.files['/other.zip'] = good
+    with pytest.raises(DatasetDownloadError, match=r"no 'ir'.*pass layout=.*stays in .*T-other\.zip and is reused"):
+        fetch_dataset('roadscene', tmp_path/'T', url=server.url('/other.zip'), progress=False, layout={'ir': 'ir', 'vi': 'vi'})
+    n_requests = len(server.log)
+    fetch_dataset('roadscene', tmp_path/'T', url=server.url('/other.zip'), progress=False)
+    assert len(server.log) == n_requests and len(RoadScene(tmp_path/'T')) == 2
+
+def test_fetch_argument_errors_are_one_line_and_change_nothing(server, tmp_path):
+    server.files['/rs.zip'] = roadscene_zip(1)
+    url = server.url('/rs.zip')
+    (tmp_path/'RS-rs.zip').write_bytes(b'a complete earlier download')  # a typo in --sha256 must not delete it
+    (tmp_path/'afile').write_text('x'); (tmp_path/'folder').mkdir()
+    before = listing(tmp_path)
+    cases = [(dict(name='kaist'), "`name`: unknown dataset 'kaist'; valid names: msrs, roadscene, tno, llvip, m3fd, fmb"),
+             (dict(sha256='abc'), "`sha256`: expected 64 hex digits, got 'abc' (3 characters)"),
+             (dict(url='data/rs.zip'), "`url`: expected an http:// or https:// address, got 'data/rs.zip'"),
+             (dict(url=None, archive=tmp_path/'none.zip'), f"`archive`: expected an archive file (.zip, .tar, .tar.gz, ...), but {tmp_path/'none.zip'} does not exist"),
+             (dict(url=None, archive=tmp_path/'folder'), f"`archive`: expected an archive file (.zip, .tar, .tar.gz, ...), but {tmp_path/'folder'} is a folder"),
+             (dict(to=tmp_path/'afile'), f"`to`: {tmp_path/'afile'} is a file; expected a dataset folder to create"),
+             (dict(to=tmp_path/'afile'/'RS'), f"`to`: {tmp_path/'afile'} is a file, so {tmp_path/'afile'/'RS'} cannot be created inside it")]
+    for kw, msg in cases:
+        kw = dict(dict(name='roadscene', to=tmp_path/'RS', url=url, progress=False), **kw)
+        with pytest.raises(FusionInputError) as e: fetch_dataset(**kw)
+        assert str(e.value) == msg, kw
+    assert listing(tmp_path) == before and server.log == []
+    with pytest.raises(FusionInputError, match='`url`: expected an http'): download('ftp://example.org/a.zip', tmp_path/'a.zip')
+
+def damaged_archives(tmp_path: Path) -> dict:
+    "Archives a user might hand over by mistake: name -> (path, what the message must say)."
+    rnd = bytes(np.random.default_rng(1).integers(0, 256, 200_000, dtype=np.uint8))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, 'w', zipfile.ZIP_DEFLATED) as z:
+        z.writestr('t/cropinfrared/a.jpg', rnd); z.writestr('t/crop_LR_visible/a.jpg', rnd)
+    crc = bytearray(buf.getvalue()); crc[len(crc) // 3] ^= 0xFF
+    tb = io.BytesIO()
+    with tarfile.open(fileobj=tb, mode='w:gz') as t:
+        ti = tarfile.TarInfo('t/cropinfrared/a.jpg'); ti.size = len(rnd); t.addfile(ti, io.BytesIO(rnd))
+    unsafe = io.BytesIO()
+    with zipfile.ZipFile(unsafe, 'w') as z: z.writestr('../evil.txt', 'x')
+    other = io.BytesIO()
+    with zipfile.ZipFile(other, 'w') as z: z.writestr('docs/readme.txt', 'x')
+    files = dict(crc=(bytes(crc), r'is damaged or truncated \((BadZipFile|error): .*\); nothing was extracted'),
+                 truncated_tgz=(tb.getvalue()[:len(tb.getvalue()) // 2], r'is damaged or truncated'),
+                 text=(b'<html>Sign in to Google Drive</html>', r"is neither a zip nor a tar archive \(it starts with b'<html>Si'\)"),
+                 unsafe=(unsafe.getvalue(), r"unsafe path in archive: '\.\./evil\.txt'"),
+                 other=(other.getvalue(), r"the archive has no 'cropinfrared' \(found \['readme\.txt'\]\): another dataset's archive"))
+    out = {}
+    for k, (b, msg) in files.items(): (tmp_path/f'{k}.bin').write_bytes(b); out[k] = (tmp_path/f'{k}.bin', msg)
+    return out
+
+def test_user_archive_problems_name_it_and_keep_it(tmp_path):
+    archives = damaged_archives(tmp_path)
+    before = {p: p.read_bytes() for p, _ in archives.values()}
+    for k, (arch, msg) in archives.items():
+        with pytest.raises(FusionInputError, match=f"^`archive`: {re.escape(str(arch))}:? {msg}") as e:
+            fetch_dataset('roadscene', tmp_path/'RS', archive=arch, progress=False)
+        assert '\n' not in str(e.value), k
+    good = tmp_path/'good.zip'; good.write_bytes(roadscene_zip(1))
+    with pytest.raises(FusionInputError, match=f"^`archive`: checksum mismatch for {re.escape(str(good))}: expected sha256 0{{64}}, got"):
+        fetch_dataset('roadscene', tmp_path/'RS', archive=good, sha256='0' * 64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([p.name for p in before] + ['good.zip'])  # no dataset, no temporary folder
+    assert all(p.read_bytes() == b for p, b in before.items())  # the user's files are untouched
+
+def test_extract_archive_removes_what_it_wrote_from_a_damaged_archive(tmp_path):
+    for k, (arch, msg) in damaged_archives(tmp_path).items():
+        if k in ('other',): continue
+        with pytest.raises(DatasetDownloadError, match=re.escape(str(arch)) + ':? ' + msg):
+            extract_archive(arch, tmp_path/'out'/k)
+        assert not (tmp_path/'out'/k).exists(), k
 
 
 # ---------------------------------------------------------------- check_dataset
@@ -572,7 +754,7 @@ def test_check_dataset_reports_every_kind(tmp_path):
     assert any('b.png' in p for p in rep.problems) and any('d.txt: line 3: class id 4' in p for p in rep.problems)
     assert rep.n_boxes == 2 + 2 + 1  # a (2), t1 (2), the valid line of d
     text = rep.summary()
-    for s in ('MSRS at', '7 pairs', '10 problem(s)', 'IR files without a VIS counterpart: 1', 'train/f: no box annotation', 'car 2'):
+    for s in ('MSRS at', '7 pairs', '9 problem(s) (1 note)', 'IR files without a VIS counterpart: 1', 'train/f: no box annotation', 'car 2'):
         assert s in text, s
     assert check_dataset(root/'test').ok and 'OK' in check_dataset(root/'test').summary()
     assert check_dataset(root, 'pairs', ir_dir=base/'ir', vi_dir=base/'vi').issues.keys() == {'only_ir', 'only_vi', 'unreadable', 'size'}
@@ -583,6 +765,68 @@ def test_inspect_pair_direct(tmp_path):
     lay = Layout(tmp_path/'ir', tmp_path/'vi')
     assert inspect_pair(Pair('a', tmp_path/'ir'/'a.png', tmp_path/'vi'/'a.png'), lay) == []
     assert inspect_pair(Pair('a', tmp_path/'ir'/'a.png', tmp_path/'vi'/'zz.png'), lay)[0][0] == 'unreadable'
+
+
+def small_llvip(root: Path, boxed=('010001',), names=('010001', '010002', '010003')) -> Path:
+    "LLVIP in the layout of ../shared/data: ir/, vi/, VOC boxes in labels/Annotations for some pairs only."
+    for n in names: png(root/'ir'/f'{n}.jpg', ramp(32, 40)); png(root/'vi'/f'{n}.jpg', ramp(32, 40, 1))
+    (root/'labels'/'Annotations').mkdir(parents=True)
+    for n in boxed: (root/'labels'/'Annotations'/f'{n}.xml').write_text(voc([('person', 1, 2, 9, 20)], 40, 32))
+    return root
+
+def test_check_pairs_without_labels_are_notes_unless_required(tmp_path):
+    root = small_llvip(tmp_path/'LLVIP')
+    rep = check_dataset(root)
+    assert rep.ok and rep.problems == [] and (rep.n_pairs, rep.n_boxes) == (3, 1)
+    assert rep.notes == ['pairs without a label: 010002: no box annotation', 'pairs without a label: 010003: no box annotation']
+    text = rep.summary()
+    assert text.splitlines()[0] == f"LLVIP at {root}: 3 pairs, OK (2 notes)"
+    assert "  note: pairs without a label: 2 of 3 (fine for fusion; require_labels=True makes them problems)" in text
+    strict = check_dataset(root, require_labels=True)
+    assert not strict.ok and strict.notes == [] and strict.problems == rep.notes
+    assert strict.summary().splitlines()[0] == f"LLVIP at {root}: 3 pairs, 2 problem(s)"
+    msrs = make_msrs(tmp_path/'MSRS')  # the same for a missing mask
+    (msrs/'train'/'Segmentation_labels'/'00002N.png').unlink()
+    assert check_dataset(msrs).ok and check_dataset(msrs).notes == ['pairs without a label: train/00002N: no mask']
+
+def test_check_empty_and_imageless_folders_are_not_ok(tmp_path):
+    (tmp_path/'MSRS').mkdir()
+    rep = check_dataset(tmp_path/'MSRS')
+    assert not rep.ok and rep.problems == [f"no pairs found: {tmp_path/'MSRS'} is empty: fetch it with `sfofusion data fetch msrs --to {tmp_path/'MSRS'}`"]
+    assert rep.summary().splitlines()[0] == f"MSRS at {tmp_path/'MSRS'}: 0 pairs, 1 problem(s)"
+    (tmp_path/'x').mkdir()
+    assert check_dataset(tmp_path/'x').problems == [f"no pairs found: {tmp_path/'x'} is empty"]
+    b = tmp_path/'bare'
+    (b/'ir').mkdir(parents=True); (b/'vi').mkdir()
+    assert check_dataset(b).problems == [f"no pairs found: {b/'ir'} has 0 images, {b/'vi'} has 0 images"]
+    (b/'ir'/'a.npy').write_bytes(b''); (b/'ir'/'.DS_Store').write_bytes(b'')
+    assert check_dataset(b).problems == [f"no pairs found: {b/'ir'} has 0 images (1 other file(s): a.npy), {b/'vi'} has 0 images"]
+    png(b/'ir'/'a.png', ramp(8, 8)); png(b/'vi'/'b.png', ramp(8, 8))
+    assert f"no pairs found: {b/'ir'} has 1 images (1 other file(s): a.npy), {b/'vi'} has 1 images: no name is in both" in check_dataset(b).problems
+    root = make_msrs(tmp_path/'M2')  # one split fine, the other without images
+    (root/'test'/'ir').mkdir(parents=True); (root/'test'/'vi').mkdir()
+    rep = check_dataset(root)
+    assert rep.splits == ['test', 'train'] and rep.n_pairs == 2 and rep.problems == [f"no pairs found: {root/'test'/'ir'} has 0 images, {root/'test'/'vi'} has 0 images"]
+    for s in ('train', 'test'): (tmp_path/'L'/'infrared'/s).mkdir(parents=True); (tmp_path/'L'/'visible'/s).mkdir(parents=True)
+    assert not check_dataset(tmp_path/'L', 'llvip').ok and len(check_dataset(tmp_path/'L', 'llvip').issues['empty']) == 2
+
+def test_check_argument_errors_raise_and_bad_folders_are_reported(tmp_path):
+    (tmp_path/'f.txt').write_text('x')
+    with pytest.raises(FusionInputError, match=r"^`root`: .*f\.txt is a file; expected a dataset folder$"): check_dataset(tmp_path/'f.txt')
+    with pytest.raises(FusionInputError, match=r"^`root`: .*nope does not exist"): check_dataset(tmp_path/'nope')
+    with pytest.raises(FusionInputError, match=r"^`name`: unknown dataset 'kaist'; valid names: msrs, fmb, m3fd, llvip, tno, roadscene, pairs$"):
+        check_dataset(tmp_path, 'kaist')
+    (tmp_path/'docs').mkdir()
+    with pytest.raises(FusionInputError, match=r"^`root`: .* has no known pair layout .*found folders \['docs'\]"): check_dataset(tmp_path)
+    # files the check must report, not raise on: two images with one name, an unreadable box-lines file
+    d = tmp_path/'dup'
+    png(d/'ir'/'a.png', ramp(8, 8)); png(d/'ir'/'a.jpg', ramp(8, 8)); png(d/'vi'/'a.png', ramp(8, 8))
+    rep = check_dataset(d)
+    assert not rep.ok and rep.problems == [f"unusable folders: `{d/'ir'}`: two images share the stem 'a': a.jpg and a.png"]
+    png(d/'ir'/'a.jpg', ramp(8, 8)).unlink()
+    (tmp_path/'boxes.txt').write_bytes(b'\xff\xfe\x00bad')
+    rep = check_dataset(d, 'pairs', labels=tmp_path/'boxes.txt')
+    assert not rep.ok and len(rep.problems) == 1 and 'cannot read the box-lines file' in rep.problems[0]
 
 
 # ---------------------------------------------------------------- the shared real data
@@ -623,3 +867,11 @@ def test_shared_roadscene_crops_of_odd_sizes():
     ds = FusionCrops(RoadScene(_shared('RoadScene'), cbcr=True), size=(256, 512), seed=0)  # wider than most images
     b = collate_fusion([ds[i] for i in range(4)])
     assert b['ir'].shape == (4, 1, 256, 512) and b['cbcr'].shape == (4, 2, 256, 512)
+
+@pytest.mark.slow
+def test_shared_folders_all_check_ok_llvip_with_notes():
+    reps = {s: check_dataset(_shared(s)) for s in ('MSRS', 'TNO', 'RoadScene', 'LLVIP', 'M3FD')}
+    assert {s: (r.ok, r.n_pairs, len(r.notes)) for s, r in reps.items()} == dict(
+        MSRS=(True, 271, 0), TNO=(True, 20, 0), RoadScene=(True, 171, 0), LLVIP=(True, 32, 27), M3FD=(True, 1, 0)), \
+        '\n'.join(r.summary(3) for r in reps.values())
+    assert reps['LLVIP'].summary().splitlines()[0].endswith('32 pairs, OK (27 notes)')

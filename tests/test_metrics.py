@@ -2,6 +2,7 @@
 import csv, json, math, os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -61,8 +62,10 @@ def test_reference_values(spec):
     assert not bad, f"{spec.name}: {len(bad)} values off the reference (image, metric, ours, reference): {bad[:10]}"
     if len(names) == data['count'] and 'mean' in data:   # the evaluator's means (np.mean over the images)
         for m, r in data['mean'].items(): assert _deviation(res.mean[m], r) < TOL_REL, (m, res.mean[m], r)
-    if spec.stem == 'edge_cases':                         # some SCD and CC are undefined: so are their means
-        assert math.isnan(res.mean['SCD']) and math.isnan(res.mean['CC'])
+    if spec.stem == 'edge_cases':                         # some SCD and CC are undefined: left out of their means
+        assert res.undefined == dict(SCD=4, CC=2) and res.ok
+        for m in ('SCD', 'CC'):
+            assert res.mean[m] == pytest.approx(np.nanmean([v[m] for v in res.per_image.values()]), rel=1e-12)
 
 @pytest.mark.slow
 def test_compare_to_reference_flags_mismatches(tmp_path):
@@ -317,10 +320,11 @@ def _write_set(root: Path, n=3, fused_ext='.png', src_ext='.png', h=48, w=56):
 
 def test_evaluate_folders_pairs_by_stem_and_writes(tmp_path):
     _write_set(tmp_path, src_ext='.jpg')       # fused PNG, sources JPEG: matched by stem
-    (tmp_path/'ir'/'extra.jpg').write_bytes((tmp_path/'ir'/'img0.jpg').read_bytes())   # a source without fused: ignored
+    (tmp_path/'ir'/'extra.jpg').write_bytes((tmp_path/'ir'/'img0.jpg').read_bytes())   # a source pair without fused image
     (tmp_path/'vi'/'extra.jpg').write_bytes((tmp_path/'vi'/'img0.jpg').read_bytes())
     res = evaluate_folders(tmp_path/'fused', tmp_path/'ir', tmp_path/'vi', progress=False)
     assert isinstance(res, EvalResult) and list(res.per_image) == ['img0.png', 'img1.png', 'img2.png']
+    assert res.missing == ['extra'] and res.failed == {} and not res.ok
     f, a, b = (load_gray255(p) for p in (tmp_path/'fused'/'img1.png', tmp_path/'ir'/'img1.jpg', tmp_path/'vi'/'img1.jpg'))
     one = compute_metrics(f, a, b)
     assert all(res.per_image['img1.png'][m] == pytest.approx(one[m].item(), rel=1e-12) for m in METRICS)
@@ -334,6 +338,7 @@ def test_evaluate_folders_pairs_by_stem_and_writes(tmp_path):
     assert md.startswith('| images | EN |') and '| 3 |' in md and 'SSIM data range 2' in md
     d = res.to_dict()
     assert d['count'] == 3 and d['conventions'] == CONVENTIONS and d['mean'] == res.mean
+    assert (d['failed'], d['missing'], d['undefined'], d['ok']) == ({}, ['extra'], {}, False)
     json.dumps(d)
 
 def test_evaluate_folders_options(tmp_path):
@@ -351,16 +356,139 @@ def test_evaluate_folders_options(tmp_path):
     with pytest.raises(FusionInputError, match="unknown convention"):
         evaluate_folders(tmp_path/'fused', tmp_path/'ir', tmp_path/'vi', progress=False, ssim_range=255)
 
-def test_evaluate_folders_errors(tmp_path):
+def test_evaluate_folders_whole_call_errors(tmp_path):
+    "What makes the whole call meaningless still raises: no folder, no images, unknown metrics."
     _write_set(tmp_path, n=2)
-    (tmp_path/'vi'/'img1.png').unlink()
-    with pytest.raises(FusionInputError, match=r"have no visible source .*img1\.png"):
-        evaluate_folders(tmp_path/'fused', tmp_path/'ir', tmp_path/'vi', progress=False)
-    save_image(tmp_path/'vi'/'img1.png', torch.zeros(1, 1, 30, 40))
-    with pytest.raises(FusionInputError, match=r"img1\.png is 56x48.*is 40x30"):
-        evaluate_folders(tmp_path/'fused', tmp_path/'ir', tmp_path/'vi', progress=False)
     (tmp_path/'empty').mkdir()
     with pytest.raises(FusionInputError, match="no images"):
         evaluate_folders(tmp_path/'empty', tmp_path/'ir', tmp_path/'vi', progress=False)
     with pytest.raises(FusionInputError, match="does not exist"):
         evaluate_folders(tmp_path/'nope', tmp_path/'ir', tmp_path/'vi', progress=False)
+    with pytest.raises(FusionInputError, match="does not exist"):
+        evaluate_folders(tmp_path/'fused', tmp_path/'nope', tmp_path/'vi', progress=False)
+    with pytest.raises(FusionInputError, match=r"`metrics`: unknown \['ENT'\]"):
+        evaluate_folders(tmp_path/'fused', tmp_path/'ir', tmp_path/'vi', ['ENT'], progress=False)
+
+
+# ---------------------------------------------------------------- folders: what goes wrong is recorded, the rest scored
+
+def _png(path: Path, img: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), img)
+    return path
+
+def _folders(root: Path, stems='abc', size=(48, 48)) -> tuple[Path, Path, Path]:
+    "8-bit PNG sources root/ir, root/vi and fused images root/fused (their mean) for each stem; VIF needs 41x41."
+    rng = np.random.default_rng(0)
+    for s in stems:
+        a, b = rng.integers(0, 256, (2, *size), dtype=np.uint8)
+        _png(root/'ir'/f'{s}.png', a); _png(root/'vi'/f'{s}.png', b)
+        _png(root/'fused'/f'{s}.png', ((a.astype(np.int64) + b) // 2).astype(np.uint8))
+    return root/'fused', root/'ir', root/'vi'
+
+def test_missing_fused_image_is_listed(tmp_path):
+    fd, ird, vid = _folders(tmp_path, 'abcd')
+    (fd/'b.png').unlink(); (fd/'d.png').unlink()
+    _png(ird/'z.png', np.zeros((48, 48), np.uint8))              # IR without VIS: not a pair, so not missing
+    res = evaluate_folders(fd, ird, vid, progress=False)
+    assert list(res.per_image) == ['a.png', 'c.png'] and res.failed == {}
+    assert res.missing == ['b', 'd'] and not res.ok and res.to_dict()['missing'] == ['b', 'd']
+    assert "- 2 source pair(s) have no fused image: b, d\n" in res.to_markdown()
+
+def test_fused_image_without_source_fails_alone(tmp_path):
+    fd, ird, vid = _folders(tmp_path)
+    clean = evaluate_folders(fd, ird, vid, progress=False)
+    _png(fd/'x.png', np.zeros((48, 48), np.uint8))                # no source at all
+    _png(fd/'y.png', np.zeros((48, 48), np.uint8)); _png(ird/'y.png', np.zeros((48, 48), np.uint8))   # no VIS
+    res = evaluate_folders(fd, ird, vid, progress=False)
+    assert res.failed == {'x.png': f"no infrared source named x.* in {ird} and no visible source named x.* in {vid}",
+                          'y.png': f"no visible source named y.* in {vid}"}
+    assert res.per_image == clean.per_image and res.missing == [] and not res.ok
+    md = res.to_markdown()
+    assert f"- 2 fused image(s) could not be evaluated: x.png (no infrared source named x.* in {ird}" in md
+    assert res.to_dict()['failed'] == res.failed
+
+def test_corrupt_file_fails_alone(tmp_path):
+    fd, ird, vid = _folders(tmp_path)
+    (fd/'x.png').write_bytes(b'not a png'); _png(ird/'x.png', np.zeros((48, 48), np.uint8)); _png(vid/'x.png', np.zeros((48, 48), np.uint8))
+    (ird/'b.png').write_bytes(b'')                                # a corrupt source: named in the reason
+    res = evaluate_folders(fd, ird, vid, progress=False)
+    assert list(res.per_image) == ['a.png', 'c.png'] and list(res.failed) == ['b.png', 'x.png'] and res.missing == []
+    assert str(fd/'x.png') in res.failed['x.png'] and 'cannot decode' in res.failed['x.png']
+    assert str(ird/'b.png') in res.failed['b.png'] and 'cannot decode' in res.failed['b.png']
+    assert all('\n' not in r for r in res.failed.values())
+
+def test_size_mismatch_fails_alone(tmp_path):
+    fd, ird, vid = _folders(tmp_path, 'abcd')
+    _png(vid/'b.png', np.zeros((30, 40), np.uint8))
+    for d in (fd, ird, vid): _png(d/'d.png', np.zeros((32, 32), np.uint8))   # same sizes, too small for VIF
+    res = evaluate_folders(fd, ird, vid, progress=False)
+    assert list(res.per_image) == ['a.png', 'c.png'] and not res.ok
+    assert res.failed['b.png'] == f"sizes differ (W x H): {fd/'b.png'} is 48x48, {ird/'b.png'} is 48x48, {vid/'b.png'} is 40x30"
+    assert 'expected at least 41x41 pixels' in res.failed['d.png']
+    assert set(evaluate_folders(fd, ird, vid, ['EN', 'CC'], progress=False).per_image) == {'a.png', 'c.png', 'd.png'}
+
+def test_nothing_evaluated_raises(tmp_path):
+    fd, ird, vid = _folders(tmp_path, 'ab')
+    for s in 'ab': (fd/f'{s}.png').write_bytes(b'not a png')
+    with pytest.raises(FusionInputError, match=r"none of the 2 fused image\(s\) in .* could be evaluated: a\.png: .*cannot decode"
+                                               r".*\(and 1 more failed\)$"):
+        evaluate_folders(fd, ird, vid, progress=False)
+    small = _folders(tmp_path/'small', 'a', size=(32, 32))
+    with pytest.raises(FusionInputError, match=r"none of the 1 fused image\(s\).*a\.png: .*at least 41x41"):
+        evaluate_folders(*small, progress=False)
+
+def test_undefined_values_left_out_of_the_mean(tmp_path):
+    fd, ird, vid = _folders(tmp_path)
+    _png(fd/'b.png', np.full((48, 48), 100, np.uint8))             # a constant F: CC is 0/0 for it
+    res = evaluate_folders(fd, ird, vid, progress=False)
+    assert math.isnan(res.per_image['b.png']['CC']) and res.undefined == {'CC': 1} and res.ok
+    assert res.mean['CC'] == pytest.approx((res.per_image['a.png']['CC'] + res.per_image['c.png']['CC']) / 2, rel=1e-12)
+    assert res.mean['EN'] == pytest.approx(sum(v['EN'] for v in res.per_image.values()) / 3, rel=1e-12)
+    assert "- CC undefined (NaN) for 1 of 3 image(s): excluded from its mean\n" in res.to_markdown()
+    assert res.to_dict()['undefined'] == {'CC': 1}
+    rows = {r[0]: r for r in csv.reader(res.to_csv(tmp_path/'r.csv').open())}
+    col = ['image', *METRICS].index('CC')
+    assert rows['b.png'][col] == 'nan' and float(rows['mean'][col]) == res.mean['CC']
+
+def test_metric_undefined_everywhere(tmp_path):
+    fd, ird, vid = _folders(tmp_path, 'ab')
+    for s in 'ab': _png(fd/f'{s}.png', np.full((48, 48), 7, np.uint8))
+    res = evaluate_folders(fd, ird, vid, ['EN', 'CC'], progress=False)
+    assert res.undefined == {'CC': 2} and math.isnan(res.mean['CC']) and res.mean['EN'] == 0
+    md = res.to_markdown()
+    assert '| 2 | 0.0000 | undefined |' in md and "- CC undefined (NaN) for 2 of 2 image(s): no mean" in md
+    assert list(csv.reader(res.to_csv(tmp_path/'r.csv').open()))[-1] == ['mean', '0.0', 'nan']
+
+def test_infinite_psnr_is_kept(tmp_path):
+    "F equal to both sources: MSE 0 and PSNR +inf, a value rather than undefined; SCD is 0/0."
+    img = np.random.default_rng(1).integers(0, 256, (48, 48), dtype=np.uint8)
+    for d in ('fused', 'ir', 'vi'): _png(tmp_path/d/'a.png', img)
+    _folders(tmp_path, 'b')
+    res = evaluate_folders(tmp_path/'fused', tmp_path/'ir', tmp_path/'vi', progress=False)
+    assert res.per_image['a.png']['PSNR'] == math.inf and res.mean['PSNR'] == math.inf
+    assert res.undefined == {'SCD': 1} and res.mean['SCD'] == res.per_image['b.png']['SCD']
+
+def test_names_subset_is_not_missing(tmp_path):
+    fd, ird, vid = _folders(tmp_path, 'abcd')
+    (fd/'d.png').unlink()
+    res = evaluate_folders(fd, ird, vid, progress=False, names=['a.png', 'c.png'])
+    assert list(res.per_image) == ['a.png', 'c.png'] and res.missing == [] and res.ok
+    assert evaluate_folders(fd, ird, vid, progress=False).missing == ['d']
+    with pytest.raises(FusionInputError, match="`names`: not in"):
+        evaluate_folders(fd, ird, vid, progress=False, names=['d.png'])
+
+def test_compare_to_reference_on_a_small_reference(tmp_path):
+    "A reference JSON (NaN as null) beside its folders: no deviation; an image that cannot be scored raises."
+    fd, ird, vid = _folders(tmp_path/'src')
+    _png(fd/'b.png', np.full((48, 48), 100, np.uint8))             # CC undefined: null in the reference
+    res = evaluate_folders(fd, ird, vid, progress=False)
+    per_image = {n: {m: None if math.isnan(v) else v for m, v in d.items()} for n, d in res.per_image.items()}
+    spec = tmp_path/'reference'/'metrics'/'small.json'
+    spec.parent.mkdir(parents=True)
+    spec.write_text(json.dumps(dict(source='src', fused='src/fused', per_image=per_image)))
+    worst = compare_to_reference(spec)
+    assert set(worst) == set(METRICS) and all(w[0] == 0 for w in worst.values())
+    (fd/'c.png').write_bytes(b'not a png')
+    with pytest.raises(FusionInputError, match=r"small\.json: 1 image\(s\) could not be evaluated: c\.png \(.*cannot decode"):
+        compare_to_reference(spec)

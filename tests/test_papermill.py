@@ -32,3 +32,24 @@ def test_benchmark_notebook_runs_on_the_validation_split(tmp_path):
     assert res['datasets']['msrs_val50']['pairs'] == 1
     val = {l.split('#')[0].strip() for l in (ROOT/'data'/'splits'/'msrs_val50.txt').read_text().splitlines()} - {''}
     assert {p.stem for p in (out_dir/'fused'/'max'/'MSRS').iterdir()} <= val
+
+
+def test_train_notebook_bad_parameter_is_one_clear_error(tmp_path):
+    "A wrong injected value stops the run at the config, with the field named, and writes nothing."
+    with pytest.raises(papermill.PapermillExecutionError) as e:
+        papermill.execute_notebook(str(ROOT/'nbs'/'20_train.ipynb'), str(tmp_path/'run.ipynb'), cwd=str(tmp_path),
+                                   progress_bar=False, parameters=dict(steps=0, out_dir=str(tmp_path/'run')))
+    assert e.value.ename == 'FusionInputError' and 'config field `steps`: expected an integer >= 1, got 0' in e.value.evalue
+    assert not (tmp_path/'run').exists()
+
+
+def test_train_notebook_rerun_never_destroys_a_run(tmp_path):
+    "Rerunning the notebook into a finished run's folder is refused unless overwrite or resume is injected."
+    params = dict(steps=2, batch_size=2, crop=32, out_dir=str(tmp_path/'run'))
+    papermill.execute_notebook(str(ROOT/'nbs'/'20_train.ipynb'), str(tmp_path/'a.ipynb'), cwd=str(tmp_path), progress_bar=False, parameters=params)
+    weights = (tmp_path/'run'/'final'/'model.safetensors').read_bytes()
+    with pytest.raises(papermill.PapermillExecutionError) as e:
+        papermill.execute_notebook(str(ROOT/'nbs'/'20_train.ipynb'), str(tmp_path/'b.ipynb'), cwd=str(tmp_path), progress_bar=False,
+                                   parameters=dict(params, seed=1))
+    assert 'already holds a run' in e.value.evalue
+    assert (tmp_path/'run'/'final'/'model.safetensors').read_bytes() == weights

@@ -1,0 +1,96 @@
+"""The README's commands run as written.
+
+Every `sfofusion ...` line and every Python block of the README's "Usage" section runs in a folder prepared as a user's
+would be after `sfofusion data fetch msrs` (synthetic MSRS-shaped pairs with box labels, the glob example's scenes, a
+trained run's `final/`, and the README's own `my.yaml`). Training commands run with `--dry-run` (everything checked,
+nothing trained); one that asks for CUDA must fail cleanly on a machine without it. `pip`, `bash`, `torchrun`,
+`papermill` and `mkdir` lines are CI's and the papermill tests' business.
+"""
+import os, re, shlex, subprocess, sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).with_name('sfofusion'))
+ENV = dict(os.environ, OMP_NUM_THREADS='1')
+
+
+def usage_blocks(kind: str) -> list[str]:
+    "The fenced blocks of `kind` (sh, python, yaml) in the README's Usage section."
+    text = (ROOT/'README.md').read_text()
+    usage = text[text.index('## Usage'):text.index('## Shipped models')]
+    return re.findall(rf'```{kind}\n(.*?)```', usage, re.S)
+
+
+def commands() -> list[str]:
+    "The `sfofusion` command lines of the Usage section (comments dropped, continuations joined)."
+    out = []
+    for block in usage_blocks('sh'):
+        for line in block.replace('\\\n', ' ').splitlines():
+            if line.startswith('sfofusion '): out.append(line)
+    return out
+
+
+@pytest.fixture(scope='module')
+def user_dir(tmp_path_factory):
+    "A folder as the README assumes: data/MSRS (train, test with det_labels), scenes/, ir.png + vi.jpg, runs/*, my.yaml."
+    from sfofusion.data import synthetic_pair
+    from sfofusion.core import save_image
+    from sfofusion.model import build_model
+    from sfofusion.tasks import build_task, save_task
+    d = tmp_path_factory.mktemp('user')
+    for split, n in (('train', 4), ('test', 80)):       # test: enough pairs for the README's holdout=71
+        for side in ('ir', 'vi'): (d/'data'/'MSRS'/split/side).mkdir(parents=True)
+        (d/'data'/'MSRS'/split/'det_labels'/'fusion').mkdir(parents=True)
+        for i in range(1, n + 1):
+            name = f"{i:05d}{'D' if i % 2 else 'N'}"
+            p = synthetic_pair(256, 320, seed=i, rgb=True)
+            save_image(d/'data'/'MSRS'/split/'ir'/f'{name}.png', p['ir'])
+            save_image(d/'data'/'MSRS'/split/'vi'/f'{name}.png', p['vis_rgb'])
+            (d/'data'/'MSRS'/split/'det_labels'/'fusion'/f'{name}.txt').write_text('0 0.5 0.5 0.2 0.3\n2 0.25 0.3 0.1 0.1\n')
+    (d/'scenes').mkdir()
+    for i in (12, 13):
+        p = synthetic_pair(96, 128, seed=i, rgb=True)
+        save_image(d/'scenes'/f'000{i}_ir.png', p['ir']); save_image(d/'scenes'/f'000{i}_vi.png', p['vis_rgb'])
+    p = synthetic_pair(96, 128, seed=20, rgb=True)
+    save_image(d/'ir.png', p['ir']); save_image(d/'vi.jpg', p['vis_rgb'])
+    (d/'my.yaml').write_text(usage_blocks('yaml')[0])
+    from sfofusion.train import TrainConfig                   # runs/msrs: the run my.yaml describes (for --resume, --model)
+    (d/'runs'/'msrs').mkdir(parents=True)
+    (d/'runs'/'msrs'/'config.json').write_text(__import__('json').dumps(TrainConfig.load(d/'my.yaml').to_dict()))
+    build_model().save_pretrained(d/'runs'/'msrs'/'final')
+    return d
+
+
+def test_the_readme_has_commands():
+    cmds = commands()
+    assert len(cmds) >= 12 and any('fuse' in c for c in cmds) and any('train' in c for c in cmds)
+
+
+def test_readme_commands_run_as_written(user_dir):
+    no_cuda = not torch.cuda.is_available()
+    for cmd in commands():
+        args = shlex.split(cmd.split(' #')[0])[1:]      # drop the trailing comment and the program name
+        if args[0] == 'train': args.append('--dry-run')
+        if 'init_task=runs/det/task' in cmd and not (user_dir/'runs'/'det'/'task').exists():
+            from sfofusion.tasks import build_task, save_task   # what the earlier (dry-run) detection command would leave
+            save_task(build_task('detection'), user_dir/'runs'/'det'/'task')
+        r = subprocess.run([CLI, *args], cwd=user_dir, capture_output=True, text=True, env=ENV, timeout=600)
+        if no_cuda and 'cuda' in cmd:
+            assert r.returncode == 2 and "--device: 'cuda' requested but" in r.stderr, (cmd, r.stderr)
+        else: assert r.returncode == 0, (cmd, r.stdout[-2000:], r.stderr[-2000:])
+        assert 'Traceback' not in r.stderr, (cmd, r.stderr)
+    assert sorted(p.name for p in (user_dir/'runs'/'scenes').iterdir()) == ['00012.png', '00013.png']
+    assert len(list((user_dir/'runs'/'fused').iterdir())) == 80 and (user_dir/'results.csv').is_file()
+
+
+def test_readme_python_blocks_run(user_dir):
+    blocks = usage_blocks('python')
+    assert len(blocks) >= 2
+    for code in blocks:
+        r = subprocess.run([sys.executable, '-c', code], cwd=user_dir, capture_output=True, text=True, env=ENV, timeout=300)
+        assert r.returncode == 0, (code, r.stderr[-2000:])
