@@ -13,25 +13,34 @@ from pathlib import Path
 __all__ = ['build_parser', 'check_out_file', 'user_message', 'main']
 
 # %% ../nbs/09_cli.ipynb #6cf96b7e
+def _text(s: str) -> str:
+    "A non-empty argument ('' would silently mean the current folder)."
+    if not s.strip(): raise argparse.ArgumentTypeError("expected a value, got ''")
+    return s
+
+def _path(s: str) -> Path: return Path(_text(s))
+
 def _add_fuse(sub):
     p = sub.add_parser('fuse', help='fuse infrared-visible pairs', description='Fuse IR/VIS pairs (folders, files or quoted globs).')
-    p.add_argument('--ir', help='infrared folder, file or quoted glob')
-    p.add_argument('--vi', help='visible folder, file or quoted glob')
-    p.add_argument('--out', type=Path, help='output folder (one PNG per pair, named by stem)')
-    p.add_argument('--model', default='msrs', help="shipped model name or a folder with model.safetensors + config.json (default: msrs)")
-    p.add_argument('--device', default='cpu', help="'cpu' (default), 'cuda', 'cuda:N' or 'mps'")
+    p.add_argument('--ir', type=_text, help='infrared folder, file or quoted glob')
+    p.add_argument('--vi', type=_text, help='visible folder, file or quoted glob')
+    p.add_argument('--out', type=_path, help='output folder (one PNG per pair, named by stem)')
+    p.add_argument('--model', default='msrs', type=_text, help="shipped model name or a folder with model.safetensors + config.json (default: msrs)")
+    p.add_argument('--device', default='cpu', help="'cpu' (default), 'cuda', 'cuda:N', 'mps' or 'auto'")
     p.add_argument('--batch-size', type=int, default=1, help='pairs of the same size fused together')
     p.add_argument('--gray', action='store_true', help='save the fused Y channel only')
     p.add_argument('--overwrite', action='store_true', help='replace existing outputs (default: skip them)')
     p.add_argument('--resize', action='store_true', help='resize VIS to the IR size when they differ (with a warning)')
     p.add_argument('--tile', type=int, help='fuse in tiles of this size (default: automatic for very large images)')
-    p.add_argument('--demo', type=Path, metavar='OUTDIR', help='fuse built-in synthetic pairs into OUTDIR and write demo.png')
+    p.add_argument('--demo', type=_path, metavar='OUTDIR', help='fuse built-in synthetic pairs into OUTDIR and write demo.png')
     p.set_defaults(func=_run_fuse)
 
 def _run_fuse(a) -> int:
     from sfofusion.core import FusionInputError
     from sfofusion.fuse import demo, fuse_folder
     if a.demo:
+        given = [f"--{k}" for k in ('ir', 'vi', 'out') if getattr(a, k) is not None]
+        if given: raise FusionInputError(f"--demo fuses built-in pairs into its own folder; it takes no {', '.join(given)}")
         demo(a.demo, model=a.model, device=a.device)
         return 0
     missing = [f"--{k}" for k in ('ir', 'vi', 'out') if getattr(a, k) is None]
@@ -39,53 +48,63 @@ def _run_fuse(a) -> int:
     rep = fuse_folder(a.ir, a.vi, a.out, model=a.model, device=a.device, batch_size=a.batch_size, gray=a.gray,
                       overwrite=a.overwrite, resize=a.resize, progress=True, tile=a.tile)
     print(rep.summary())
+    if not rep.ok: print(f"sfofusion fuse: error: {len(rep.failed)} pair(s) failed (listed above); the others were fused", file=sys.stderr)
     return 0 if rep.ok else 1
 
 # %% ../nbs/09_cli.ipynb #086e77b5
 def _add_eval(sub):
     p = sub.add_parser('eval', help='fusion metrics of a folder of fused images',
                        description='Evaluate fused images against their IR/VIS sources (files matched by stem).')
-    p.add_argument('--fused', required=True, type=Path, help='folder of fused images')
-    p.add_argument('--ir', required=True, type=Path, help='folder of infrared sources')
-    p.add_argument('--vi', required=True, type=Path, help='folder of visible sources')
-    p.add_argument('--out', type=Path, help='per-image CSV to write (atomically; must end in .csv)')
+    p.add_argument('--fused', required=True, type=_path, help='folder of fused images')
+    p.add_argument('--ir', required=True, type=_path, help='folder of infrared sources')
+    p.add_argument('--vi', required=True, type=_path, help='folder of visible sources')
+    p.add_argument('--out', type=_path, help='per-image CSV to write (atomically; must end in .csv)')
     p.add_argument('--metrics', help='comma-separated subset, e.g. EN,SD,VIF (default: all)')
     p.add_argument('--names', action='append', metavar='NAME|@FILE',
                    help='score only these pairs: names, or @FILE with one name a line (repeatable; default: every fused image)')
     p.add_argument('--allow-missing', action='store_true',
                    help='exit 0 even when some source pairs have no fused image (they are still listed)')
-    p.add_argument('--ssim-data-range', type=float, default=2.0,
+    p.add_argument('--ssim-data-range', type=_positive, default=2.0,
                    help="SSIM data_range: 2 reproduces published tables (default), 255 is the corrected convention")
     p.add_argument('--reduce-sources', choices=['sum', 'mean'], default='sum',
                    help="combine the two per-source values of MI, VIF and SSIM by 'sum' (default, as published) or 'mean'")
     p.add_argument('--mi-unit', choices=['nats', 'bits'], default='nats', help='MI in nats (default, as published) or bits')
     p.add_argument('--psnr-peak', default='max', type=_peak, help="PSNR peak: 'max' (max of F, as published) or a number such as 255")
-    p.add_argument('--device', default='cpu', help="torch device for the metric computation: 'cpu' (default), 'cuda', 'cuda:N'")
+    p.add_argument('--device', default='cpu', help="torch device for the metric computation: 'cpu' (default), 'cuda', 'cuda:N' or 'auto'")
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.set_defaults(func=_run_eval)
 
-def _peak(s: str) -> str|float:
-    "--psnr-peak: 'max' or a positive number."
-    if s == 'max': return s
+def _positive(s: str) -> float:
+    "A finite number > 0."
     try: v = float(s)
     except ValueError: v = float('nan')
-    if not v > 0: raise argparse.ArgumentTypeError(f"expected 'max' or a number > 0 such as 255, got {s!r}")
+    if not (0 < v < float('inf')): raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {s!r}")
     return v
+
+def _peak(s: str) -> str|float:
+    "--psnr-peak: 'max' or a finite positive number."
+    if s == 'max': return s
+    try: return _positive(s)
+    except argparse.ArgumentTypeError: raise argparse.ArgumentTypeError(f"expected 'max' or a number > 0 such as 255, got {s!r}") from None
 
 def _run_eval(a) -> int:
     from sfofusion.core import FusionInputError, resolve_device
     from sfofusion.metrics import evaluate_folders
     from sfofusion.train import read_names
     if a.out is not None: check_out_file(a.out, '--out', '.csv')
-    metrics = [m.strip() for m in a.metrics.split(',')] if a.metrics else None
-    names = sorted(read_names(a.names, '--names')) if a.names else None
+    metrics = [m.strip() for m in a.metrics.split(',')] if a.metrics is not None else None
+    if metrics is not None and not all(metrics): raise FusionInputError(f"--metrics: expected comma-separated names such as EN,SD,VIF, got {a.metrics!r}")
+    if metrics is not None and len(set(metrics)) < len(metrics): raise FusionInputError(f"--metrics: {a.metrics!r} names a metric twice")
+    for flag, d in (('--ir', a.ir), ('--vi', a.vi)):
+        if a.fused.resolve() == d.resolve(): raise FusionInputError(f"--fused: {a.fused} is the {flag} folder; give the folder of fused images")
+    names = sorted(read_names(a.names, 'names')) if a.names else None
     if names is not None:                       # pair names -> the fused files that carry them
         from sfofusion.core import list_images
         fused = list_images(a.fused)
         lost = [n for n in names if n not in fused]
         if lost: raise FusionInputError(f"--names: no fused image for {len(lost)} of them in {a.fused}: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}")
         names = [fused[n].name for n in names]
-    res = evaluate_folders(a.fused, a.ir, a.vi, metrics=metrics, progress=not a.no_progress, device=resolve_device(a.device),
+    res = evaluate_folders(a.fused, a.ir, a.vi, metrics=metrics, progress=not a.no_progress, device=resolve_device(a.device, allow_auto=True),
                            names=names, ssim_data_range=a.ssim_data_range, reduce_sources=a.reduce_sources, mi_unit=a.mi_unit,
                            psnr_peak=a.psnr_peak)
     print(res.to_markdown())
@@ -97,17 +116,17 @@ def _run_eval(a) -> int:
 # %% ../nbs/09_cli.ipynb #8d235527
 def _add_data(sub):
     p = sub.add_parser('data', help='download or check datasets', description='Download or check datasets.')
-    dsub = p.add_subparsers(dest='data_cmd', required=True, metavar='{fetch,check}')
+    dsub = p.add_subparsers(dest='data_cmd', required=True, metavar='{fetch,check,list}')
     f = dsub.add_parser('fetch', help='download and unpack a dataset', description='Download (with resume), verify and unpack a dataset.')
     f.add_argument('name', help='dataset name (see `sfofusion data list`)')
-    f.add_argument('--to', type=Path, help='the dataset folder to create (default: data/NAME, e.g. data/MSRS)')
+    f.add_argument('--to', type=_path, help='the dataset folder to create (default: data/NAME, e.g. data/MSRS)')
     f.add_argument('--url', help='override the download address')
     f.add_argument('--sha256', help='expected SHA-256 of the archive')
-    f.add_argument('--archive', type=Path, help='use an archive already downloaded by hand instead of downloading')
+    f.add_argument('--archive', type=_path, help='use an archive already downloaded by hand instead of downloading')
     f.add_argument('--no-progress', action='store_true')
     f.set_defaults(func=_run_fetch)
     c = dsub.add_parser('check', help='validate a dataset folder', description='Validate a dataset folder and print a summary.')
-    c.add_argument('root', type=Path, help='dataset folder')
+    c.add_argument('root', type=_path, help='dataset folder')
     c.add_argument('--name', help='dataset kind (default: guessed from the layout)')
     c.add_argument('--require-labels', action='store_true', help='pairs without box or mask labels are problems (default: notes)')
     c.set_defaults(func=_run_check)
@@ -128,18 +147,17 @@ def _run_check(a) -> int:
     return 0 if rep.ok else 1
 
 def _run_list(a) -> int:
-    from sfofusion.data import DATASETS, DATASET_SOURCES
-    for n in DATASETS:
-        src = DATASET_SOURCES.get(n)
+    from sfofusion.data import DATASET_SOURCES
+    for n, src in DATASET_SOURCES.items():
         print(f"{n:10s} {getattr(src, 'url', None) or '(no direct download: get it by hand, then --archive PATH)'}  {getattr(src, 'homepage', '')}")
     return 0
 
 # %% ../nbs/09_cli.ipynb #b2a533b1
 def _add_train(sub):
     p = sub.add_parser('train', help='train the fusion network', description='Train SFOFusion from a config file.')
-    p.add_argument('--config', type=Path, help='YAML or JSON config (default: the built-in smoke config)')
+    p.add_argument('--config', type=_path, help='YAML or JSON config (default: the built-in smoke config)')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='override a config field (repeatable)')
-    p.add_argument('--out-dir', help='output folder (checkpoints, logs, figures)')
+    p.add_argument('--out-dir', type=_text, help='output folder (checkpoints, logs, figures)')
     p.add_argument('--steps', type=int, help='number of optimisation steps')
     p.add_argument('--device', help="'cpu', 'cuda', 'cuda:1', or 'auto'")
     p.add_argument('--resume', action='store_true', help='continue the run in the output folder from its latest checkpoint (same config)')
@@ -182,9 +200,14 @@ def _run_train(a) -> int:
     return 0
 
 # %% ../nbs/09_cli.ipynb #5f60fc73
+class _Parser(argparse.ArgumentParser):
+    "argparse with one-line usage errors (exit 2), pointing at --help instead of printing the usage block."
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 def build_parser() -> argparse.ArgumentParser:
     "The `sfofusion` argument parser with all subcommands."
-    p = argparse.ArgumentParser(prog='sfofusion', description='SFOFusion: infrared-visible image fusion.')
+    p = _Parser(prog='sfofusion', description='SFOFusion: infrared-visible image fusion.')
     from sfofusion import __version__
     p.add_argument('--version', action='version', version=f'sfofusion {__version__}')
     p.add_argument('--debug', action='store_true', help='show the full traceback of an error (also: SFOFUSION_DEBUG=1)')
@@ -203,7 +226,7 @@ def check_out_file(path: Path, flag: str, suffix: str) -> None:
             break
 
 # %% ../nbs/09_cli.ipynb #29d4d205
-_ALIASES = {'name_or_path': '--model', 'ir_dir': '--ir', 'vi_dir': '--vi', 'vis': '--vi', 'fused_dir': '--fused', 'root': 'ROOT'}
+_ALIASES = {'name_or_path': '--model', 'ir_dir': '--ir', 'vi_dir': '--vi', 'vis': '--vi', 'fused_dir': '--fused'}
 
 def _flags(parser: argparse.ArgumentParser, cmd: list[str]) -> dict[str, str]:
     "Python argument name -> flag, for the subcommand `cmd` (e.g. ['data', 'fetch'])."
@@ -211,8 +234,9 @@ def _flags(parser: argparse.ArgumentParser, cmd: list[str]) -> dict[str, str]:
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         if not subs or name not in subs[0].choices: break
         parser = subs[0].choices[name]
-    flags = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and a.dest != 'help'}
-    return {**{k: v for k, v in _ALIASES.items() if v in flags.values() or v == 'ROOT'}, **flags}
+    flags = {a.dest: a.option_strings[-1] if a.option_strings else a.dest.upper() for a in parser._actions
+             if a.dest != 'help' and not isinstance(a, argparse._SubParsersAction)}
+    return {**{k: v for k, v in _ALIASES.items() if v in flags.values()}, **flags}
 
 def user_message(msg: str, flags: dict[str, str]) -> str:
     "One line: the library's `name` written as the flag the user typed (`--name`); config fields keep their names."
@@ -225,10 +249,13 @@ def _warn_line(cmd: str):
         print(f"sfofusion {cmd}: warning: {' '.join(str(message).split())}", file=sys.stderr)
     return show
 
-def _on_sigterm(signum, frame): raise KeyboardInterrupt
+class _Terminated(KeyboardInterrupt):
+    "SIGTERM (a scheduler stopping the job), handled like Ctrl-C so that training checkpoints first."
+
+def _on_sigterm(signum, frame): raise _Terminated()
 
 def main(argv: list[str]|None=None) -> int:
-    "Run the `sfofusion` command line; returns the exit code (0 done, 1 work failed, 2 usage error, 130 interrupted)."
+    "Run the `sfofusion` command line; returns the exit code (0 done, 1 work failed, 2 usage error, 130 Ctrl-C, 143 SIGTERM)."
     parser = build_parser()
     args = parser.parse_args(argv)
     cmd = ' '.join(x for x in (args.cmd, getattr(args, 'data_cmd', None)) if x)
@@ -241,6 +268,7 @@ def main(argv: list[str]|None=None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _warn_line(cmd)
             return args.func(args)
+    except _Terminated: return fail("terminated (SIGTERM)", 128 + signal.SIGTERM)
     except KeyboardInterrupt: return fail("interrupted", 130)
     except Exception as e:
         if debug: raise

@@ -16,10 +16,11 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'PAIR_LAYOUTS', 'TMP_SUFFIX', 'FusionInputError', 'check_image', 'check_same_size', 'Pair',
-           'list_images', 'find_layout', 'find_pairs', 'read_image', 'is_grey', 'to_tensor', 'native_stderr',
-           'decode_image', 'rgb_to_ycbcr', 'ycbcr_to_rgb', 'load_image', 'load_pair', 'load_gray255', 'to_uint8',
-           'atomic_write_bytes', 'stale_temp_files', 'save_image', 'resolve_device', 'shared_dir']
+__all__ = ['IMAGE_EXTS', 'PAIR_LAYOUTS', 'TMP_SUFFIX', 'FusionInputError', 'check_image', 'check_same_size', 'check_flag',
+           'check_path', 'check_writable', 'Pair', 'list_images', 'find_layout', 'find_pairs', 'read_image', 'is_grey',
+           'bit_depth', 'to_tensor', 'native_stderr', 'decode_image', 'rgb_to_ycbcr', 'ycbcr_to_rgb', 'load_image',
+           'load_pair', 'load_gray255', 'to_uint8', 'atomic_write_bytes', 'stale_temp_files', 'save_image',
+           'resolve_device', 'shared_dir']
 
 # %% ../nbs/00_core.ipynb #f0bccacb
 class FusionInputError(ValueError):
@@ -61,6 +62,29 @@ def check_same_size(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
     if a.shape[0] != b.shape[0] or a.shape[-2:] != b.shape[-2:]:
         raise FusionInputError(f"`{name_a}` and `{name_b}` must have the same batch and spatial size, "
                                f"got {tuple(a.shape)} and {tuple(b.shape)}")
+
+# %% ../nbs/00_core.ipynb #fffce71a
+def check_flag(v, name: str) -> bool:
+    "Raise unless `v` is a bool (a string such as 'no' would otherwise count as True)."
+    if not isinstance(v, bool): raise FusionInputError(f"`{name}`: expected True or False, got {v!r}")
+    return v
+
+def check_path(v, name: str) -> Path:
+    "`v` as a Path; raise unless it is a non-empty str or Path."
+    if not isinstance(v, (str, Path)) or not str(v).strip():
+        raise FusionInputError(f"`{name}`: expected a path, got {v!r}")
+    return Path(v)
+
+def check_writable(path: Path|str, name: str, folder: bool=True) -> None:
+    "Raise unless `path` (a folder, or a file when `folder` is False) can be created or written, without creating anything."
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir(): raise FusionInputError(f"`{name}`: {path} exists and is not a folder")
+        if not folder and path.is_dir(): raise FusionInputError(f"`{name}`: {path} is a folder; expected a file name")
+    probe = path if folder else path.parent
+    while not probe.exists(): probe = probe.parent           # the nearest part of the path that exists
+    if not probe.is_dir(): raise FusionInputError(f"`{name}`: {probe} is a file, so {path} cannot be created")
+    if not os.access(probe, os.W_OK | os.X_OK): raise FusionInputError(f"`{name}`: cannot write into {probe} (permission denied)")
 
 # %% ../nbs/00_core.ipynb #b4fc2e88
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
@@ -119,6 +143,7 @@ def find_pairs(
 def read_image(path: Path|str) -> np.ndarray:
     "Pixels of the image file at `path` as stored: (H, W) or (H, W, 3) RGB, uint8 or uint16."
     path = Path(path)
+    if path.is_dir(): raise FusionInputError(f"{path}: is a folder; expected an image file")
     if not path.is_file(): raise FusionInputError(f"{path}: file not found")
     if path.suffix.lower() not in IMAGE_EXTS:
         raise FusionInputError(f"{path}: not an image file (expected one of {', '.join(IMAGE_EXTS)})")
@@ -135,9 +160,18 @@ def is_grey(img: np.ndarray) -> bool:
     "True if `img` is (H, W), or (H, W, 3) with three equal channels."
     return img.ndim == 2 or (np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2]))
 
+def bit_depth(img: np.ndarray) -> int:
+    "Bits an image uses: 8 for uint8; for uint16 10, 12 or 14 when its largest value fits (raw thermal data), else 16."
+    if img.dtype != np.uint16: return 8
+    m = int(img.max()) if img.size else 0
+    return next((b for b in (10, 12, 14) if m < 2 ** b), 16)
+
 def to_tensor(img: np.ndarray) -> Tensor:
-    "(H, W) or (H, W, 3) uint8/uint16 array -> (1, C, H, W) float32 tensor in [0, 1]."
-    scale = 65535. if img.dtype == np.uint16 else 255.
+    "(H, W) or (H, W, 3) uint8/uint16 array -> (1, C, H, W) float32 tensor in [0, 1], 16-bit files scaled by the bits they use."
+    bits = bit_depth(img)
+    if bits not in (8, 16): warnings.warn(f"16-bit image(s) that use {bits} bits only (raw thermal data): read as {bits}-bit, "
+                                          f"values / {2 ** bits - 1}", stacklevel=2)
+    scale = 2. ** bits - 1
     t = torch.from_numpy(np.ascontiguousarray(img).astype(np.float32) / scale)
     return t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
 

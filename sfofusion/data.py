@@ -863,15 +863,15 @@ def download(url: str,             # http(s) URL of the file
     part = dest.with_name(dest.name + '.part')
     have = part.stat().st_size if part.is_file() else 0
     headers = {'User-Agent': 'sfofusion-fetch'} | ({'Range': f'bytes={have}-'} if have else {})
-    hint = (f"If this machine is offline or the address moved, download it by hand and pass it with "
-            f"--archive PATH (archive=PATH); a partial download in {part} resumes on the next run.")
+    hint = lambda: (f"If this machine is offline or the address moved, download it by hand and pass it with --archive PATH "
+                    f"(archive=PATH){f'; the partial download in {part} resumes on the next run' if part.is_file() else ''}.")
     try: resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # range starts at the end: the part file is already complete
             resp = None
-        else: raise DatasetDownloadError(f"could not download {url}: HTTP {e.code} {e.reason}. {hint}") from None
+        else: raise DatasetDownloadError(f"could not download {url}: HTTP {e.code} {e.reason}. {hint()}") from None
     except (urllib.error.URLError, OSError) as e:
-        raise DatasetDownloadError(f"could not reach {url}: {getattr(e, 'reason', e)}. {hint}") from None
+        raise DatasetDownloadError(f"could not reach {url}: {getattr(e, 'reason', e)}. {hint()}") from None
     if resp is not None:
         with resp:
             resumed = have > 0 and resp.status == 206 and (resp.headers.get('Content-Range') or '').startswith(f'bytes {have}-')
@@ -884,10 +884,10 @@ def download(url: str,             # http(s) URL of the file
                     while (b := resp.read(_CHUNK)):
                         f.write(b); bar.update(len(b))
             except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
-                raise DatasetDownloadError(f"download of {url} interrupted after {part.stat().st_size} bytes ({e}). {hint}") from None
+                raise DatasetDownloadError(f"download of {url} interrupted after {part.stat().st_size} bytes ({e}). {hint()}") from None
             finally: bar.close()
         if total is not None and part.stat().st_size != total:
-            raise DatasetDownloadError(f"download of {url} incomplete: {part.stat().st_size} of {total} bytes. {hint}")
+            raise DatasetDownloadError(f"download of {url} incomplete: {part.stat().st_size} of {total} bytes. {hint()}")
     _verify(part, sha256, url, remove=True)
     os.replace(part, dest)
     return dest

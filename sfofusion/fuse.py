@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .core import (
-    IMAGE_EXTS, FusionInputError, check_image, check_same_size, is_grey, read_image, resolve_device, rgb_to_ycbcr, save_image,
+    IMAGE_EXTS, FusionInputError, check_flag, check_image, check_path, check_same_size, check_writable, is_grey, read_image, resolve_device, rgb_to_ycbcr, save_image,
     stale_temp_files, to_tensor, to_uint8, ycbcr_to_rgb)
 from .data import synthetic_pair
 from .model import SFOFusion, compose_select, normalize_per_image
@@ -31,7 +31,7 @@ def resolve_model(model: str|Path|nn.Module='msrs', # shipped name, folder with 
                   device: str|torch.device='cpu',
                  ) -> nn.Module:
     "The fusion network named by `model`, in eval mode on `device`."
-    dev = resolve_device(device)
+    dev = resolve_device(device, allow_auto=True)
     if isinstance(model, nn.Module): return model.to(dev).eval()
     if isinstance(model, (str, Path)): return SFOFusion.from_pretrained(model, device=dev, arg='model')
     raise FusionInputError(f"`model`: expected a shipped model name, a folder path or an nn.Module, got {type(model).__name__}")
@@ -181,6 +181,9 @@ def fuse(ir: str|Path|np.ndarray|Tensor,  # infrared: file, array (H, W[, 3]) ui
          bgr: bool=False,                 # colour arrays/tensors in and out are OpenCV's BGR order (default RGB)
         ) -> np.ndarray|Tensor:           # uint8 (H, W[, 3]) for paths/arrays; float tensor in [0, 1] for tensors; RGB unless `bgr`
     "Fuse one infrared–visible pair (or a batch of tensors), restoring the visible colour."
+    for k, v in (('gray', gray), ('resize', resize), ('bgr', bgr)): check_flag(v, k)
+    if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < 16):
+        raise FusionInputError(f"`tile`: expected None or an integer >= 16, got {tile!r}")
     tensors = isinstance(ir, Tensor), isinstance(vis, Tensor)
     if tensors[0] != tensors[1]: raise FusionInputError(f"`ir` and `vis`: give both as tensors or neither, got {type(ir).__name__} and {type(vis).__name__}")
     y_ir, _ = as_input(ir, 'ir', bgr)
@@ -296,11 +299,14 @@ def _load(ir_path: Path, vi_path: Path, resize: bool) -> tuple[Tensor, Tensor, T
     "IR and VIS luminance (1, 1, H, W) and VIS chroma (1, 2, H, W) or None, VIS resized to IR when allowed."
     y_ir, _ = as_input(ir_path, 'ir')
     y_vis, cbcr = as_input(vi_path, 'vi')
-    y_vis, cbcr = _match_size(y_ir, y_vis, cbcr, resize, f"{ir_path.name} and {vi_path.name}")
+    y_vis, cbcr = _match_size(y_ir, y_vis, cbcr, resize, f"{ir_path.parent.name}/{ir_path.name} and {vi_path.parent.name}/{vi_path.name}")
     return y_ir, y_vis, cbcr
 
 def _check_out(out: Path, ir: str|Path, vi: str|Path, pairs: list) -> None:
-    "Refuse an output folder that holds source images: fused files would mix with them or (with overwrite) replace them."
+    "Refuse an output folder that holds source images (fused files would mix with or replace them), and IR = VIS."
+    same = [n for n, a, b in pairs if a.resolve() == b.resolve()]
+    if same: raise FusionInputError(f"`ir` and `vi` name the same files ({', '.join(same[:3])}{' ...' if len(same) > 3 else ''}): "
+                                    "an image fused with itself")
     o = out.resolve()
     for name, src, files in (('infrared', ir, [a for _, a, _ in pairs]), ('visible', vi, [b for _, _, b in pairs])):
         dirs = {Path(str(src)).resolve()} if Path(str(src)).is_dir() else set()
@@ -323,10 +329,14 @@ def fuse_folder(ir: str|Path,             # infrared folder, file or glob patter
                ) -> FuseReport:
     "Fuse every IR–VIS pair of two folders (files, globs) into `out`, recording each bad pair and going on."
     from tqdm.auto import tqdm
-    if not isinstance(batch_size, int) or batch_size < 1: raise FusionInputError(f"`batch_size`: expected an integer >= 1, got {batch_size!r}")
-    t0, out = time.perf_counter(), Path(out)
-    if out.exists() and not out.is_dir(): raise FusionInputError(f"`out`: {out} exists and is not a folder")
-    if tile is not None and (not isinstance(tile, int) or tile < 16): raise FusionInputError(f"`tile`: expected an integer >= 16, got {tile!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise FusionInputError(f"`batch_size`: expected an integer >= 1, got {batch_size!r}")
+    for k, v in (('gray', gray), ('overwrite', overwrite), ('resize', resize), ('progress', progress)): check_flag(v, k)
+    if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < 16):
+        raise FusionInputError(f"`tile`: expected None or an integer >= 16, got {tile!r}")
+    check_path(ir, 'ir'); check_path(vi, 'vi')
+    t0, out = time.perf_counter(), check_path(out, 'out')
+    check_writable(out, 'out')
     pairs, problems = _pairs(ir, vi)
     _check_out(out, ir, vi, pairs)
     report = FuseReport(out, failed=list(problems))
@@ -373,14 +383,21 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
     cv2.putText(img, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
     return img
 
-def demo(out_dir: str|Path,                  # folder to write into (created)
+def _demo_files(n: int) -> set[str]: return {'demo.png'} | {f'fused_{i}.png' for i in range(n)}
+
+def demo(out_dir: str|Path,                  # a new or empty folder, or an earlier demo's (its files are replaced)
          model: str|Path|nn.Module='msrs',   # shipped name, saved folder, or network
          n: int=3,                           # number of synthetic pairs
          device: str|torch.device='cpu',
         ) -> Path:                           # path of the figure demo.png
     "Fuse `n` synthetic colour pairs, write `fused_<i>.png` and a side-by-side figure `demo.png` into `out_dir`."
     if not isinstance(n, int) or n < 1: raise FusionInputError(f"`n`: expected an integer >= 1, got {n!r}")
-    out_dir, net = Path(out_dir), resolve_model(model, device)
+    out_dir = check_path(out_dir, 'out_dir')
+    check_writable(out_dir, 'out_dir')
+    others = sorted(p.name for p in out_dir.iterdir() if not re.fullmatch(r'demo\.png|fused_\d+\.png', p.name)) if out_dir.is_dir() else []
+    if others: raise FusionInputError(f"`out_dir`: {out_dir} holds other files ({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}); "
+                                      "the demo writes into a new or empty folder (or an earlier demo's)")
+    net = resolve_model(model, device)
     rows, gap = [], 4
     for i in range(n):
         p = synthetic_pair(*_DEMO_SIZE, seed=i, rgb=True)

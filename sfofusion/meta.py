@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn, Tensor
 from torch.func import functional_call
 
-from .core import FusionInputError, atomic_write_bytes, check_image, check_same_size
+from .core import FusionInputError, atomic_write_bytes, check_image, check_same_size, check_writable
 from .losses import FusionLoss, LossConfig, sobel_gradient, sobel_magnitude, ssim_loss
 
 # %% auto #0
@@ -195,7 +195,8 @@ def holdout_split(n: int, holdout: int, split_seed: int=0) -> tuple[list, list]:
 # %% ../nbs/11_meta.ipynb #c702f354
 from .train import (TrainConfig, lr_at, epoch_batches, save_step_checkpoint, load_checkpoint, latest_checkpoint,
                              _setup_distributed, _autocast, _log, read_log, replica_max_diff, save_on_interrupt,
-                             RUN_FILES, open_run, trim_log, check_crop, check_keys, nested_config, initial_model, dry_run_report)
+                             RUN_FILES, open_run, trim_log, check_crop, check_keys, nested_config, initial_model, dry_run_report,
+                             check_run_args, config_field, synthetic_size)
 from .data import get_dataset, FusionCrops, SyntheticPairs, collate_fusion, SYNTHETIC_CLASSES
 from .model import SFOFusion, SFOFusionConfig, build_model
 from .tasks import TASKS, DetectorConfig, SegmenterConfig, build_task, save_task, load_task
@@ -240,11 +241,11 @@ def build_task_data(cfg: MetaConfig) -> tuple:
     need = dict(boxes=True, masks=False) if cfg.task == 'detection' else dict(boxes=False, masks=True)
     bases = []
     for spec in cfg.data:
-        if spec == 'synthetic': bases.append(SyntheticPairs(cfg.synthetic_pairs, size=max(2 * cfg.crop, 96), seed=cfg.seed))
+        if spec == 'synthetic': bases.append(SyntheticPairs(cfg.synthetic_pairs, size=max(synthetic_size(2 * cfg.crop), 96), seed=cfg.seed))
         else:
             if ':' not in spec: raise FusionInputError(f"`data`: expected 'synthetic' or 'NAME:ROOT' entries, got {spec!r}")
             name, root = spec.split(':', 1)
-            bases.append(get_dataset(name, root, skip_bad=cfg.skip_bad, **need))
+            with config_field('data', spec): bases.append(get_dataset(name, root, skip_bad=cfg.skip_bad, **need))
     check_crop(cfg.crop, [p for b in bases for p in getattr(b, 'pairs', [])], cfg.scale)
     first = Rescaled(bases[0], cfg.scale)
     tr, va = holdout_split(len(first), cfg.holdout) if cfg.holdout else (list(range(len(first))), [])
@@ -302,8 +303,11 @@ def train_meta(cfg: MetaConfig,            # the run's configuration
     "Train the fusion network with task feedback: fusion-only, direct task loss, or the full three loops."
     if not isinstance(cfg, MetaConfig):
         raise FusionInputError(f"`cfg`: expected a MetaConfig (MetaConfig(**fields) or MetaConfig.load(path)), got {type(cfg).__name__}")
+    check_run_args(resume, overwrite, dry_run, stop_after)
+    cfg = dataclasses.replace(cfg)       # checks every field again (a config may have been changed after it was made)
     rank, world, dev = _setup_distributed(cfg)
     out = Path(cfg.out_dir)
+    check_writable(out, 'out_dir')
     start = open_run(out, cfg.to_dict(), asdict(type(cfg)()), resume, overwrite, RUN_FILES + META_FILES, dry=dry_run) if rank == 0 else None
     if world > 1: obj = [start]; dist.broadcast_object_list(obj, 0); start = obj[0]
     if start.finished is not None:
@@ -313,7 +317,8 @@ def train_meta(cfg: MetaConfig,            # the run's configuration
     torch.manual_seed(cfg.seed)
     model = initial_model(cfg).to(dev)
     model.train()
-    head = (load_task(cfg.init_task) if cfg.init_task else build_task(cfg.task, **_task_kwargs(cfg))).to(dev)
+    with config_field('init_task' if cfg.init_task else 'task_cfg'):
+        head = (load_task(cfg.init_task) if cfg.init_task else build_task(cfg.task, **_task_kwargs(cfg))).to(dev)
     head.train()
     if head.kind != cfg.task: raise FusionInputError(f"`init_task`: expected a {cfg.task} head, got a {head.kind} head from {cfg.init_task}")
     if dry_run: return dry_run_report(start, out, len(ds), dev)

@@ -41,7 +41,7 @@ def check_gray255(
         raise FusionInputError(f"`{name}`: expected grey levels 0-255, got values in [{float(x.min()):.4g}, {hi:.4g}] with "
                                "fractional levels: this looks like [0, 1] data (multiply by 255, or read with `load_gray255`)")
     if min(x.shape[-2:]) < min_size:
-        raise FusionInputError(f"`{name}`: expected at least {min_size}x{min_size} pixels, got {tuple(x.shape)}")
+        raise FusionInputError(f"`{name}`: expected at least {min_size}x{min_size} pixels, got {x.shape[-1]}x{x.shape[-2]} (W x H)")
     return x
 
 def _check_option(name: str, value, valid) -> None:
@@ -406,7 +406,9 @@ def _check_metrics(metrics) -> tuple[str, ...]:
     if isinstance(metrics, str): metrics = (metrics,)
     metrics = tuple(metrics)
     bad = [m for m in metrics if m not in METRICS]
-    if bad or not metrics: raise FusionInputError(f"`metrics`: unknown {bad}; expected names from {list(METRICS)}")
+    if not metrics: raise FusionInputError(f"`metrics`: expected at least one name from {list(METRICS)}")
+    if bad: raise FusionInputError(f"`metrics`: unknown {bad}; expected names from {list(METRICS)}")
+    if len(set(metrics)) < len(metrics): raise FusionInputError(f"`metrics`: a name is given twice in {list(metrics)}")
     return metrics
 
 @torch.no_grad()
@@ -541,6 +543,14 @@ def evaluate_folders(
 ) -> EvalResult:                # per-image values, plus `failed` images and `missing` pairs
     "Score every fused image in `fused_dir` against the IR and VIS images with the same stem; record what cannot be scored."
     from tqdm.auto import tqdm
+    for arg, d in (('fused_dir', fused_dir), ('ir_dir', ir_dir), ('vi_dir', vi_dir)):
+        if not isinstance(d, (str, Path)) or not str(d).strip(): raise FusionInputError(f"`{arg}`: expected a folder of images, got {d!r}")
+        if not Path(d).is_dir(): raise FusionInputError(f"`{arg}`: {d} does not exist or is not a folder; expected a folder of images")
+    if Path(fused_dir).resolve() in (Path(ir_dir).resolve(), Path(vi_dir).resolve()):
+        raise FusionInputError(f"`fused_dir`: {fused_dir} is a source folder; expected the folder of fused images")
+    if isinstance(names, str): names = [names]
+    if names is not None and (not names or not all(isinstance(n, str) and n for n in names)):
+        raise FusionInputError(f"`names`: expected a non-empty list of fused file names, got {names!r}")
     metrics, conv = _check_metrics(metrics), _check_conventions(conventions)
     device = resolve_device(device)
     fused, irs, vis = list_images(fused_dir), list_images(ir_dir), list_images(vi_dir)

@@ -378,6 +378,8 @@ def _save_pretrained(self: SFOFusion, folder: Path|str) -> Path:
 # %% ../nbs/03_model.ipynb #c0e64b22
 def _model_files(name_or_path: Path|str, arg: str) -> tuple[Path, Path]:
     "(weights file, config file) named by a shipped name, a saved folder, or a `.safetensors` file beside its config.json."
+    if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
+        raise FusionInputError(f"`{arg}`: expected a shipped model name or a folder, got {name_or_path!r}")
     p = Path(name_or_path)
     if p.is_file():
         if p.suffix != '.safetensors':
@@ -388,8 +390,10 @@ def _model_files(name_or_path: Path|str, arg: str) -> tuple[Path, Path]:
     else:
         names = shipped_models()
         if str(name_or_path) not in names:
-            raise FusionInputError(f"`{arg}`: {str(name_or_path)!r} is neither a folder, a .safetensors file nor a shipped model; "
-                                   f"shipped models: {', '.join(names) if names else 'none yet'}")
+            import difflib
+            close = difflib.get_close_matches(str(name_or_path).lower(), names, n=1)
+            raise FusionInputError(f"`{arg}`: {str(name_or_path)!r} is neither a folder, a .safetensors file nor a shipped model"
+                                   f"{f' (did you mean {close[0]!r}?)' if close else ''}; shipped models: {', '.join(names) if names else 'none yet'}")
         folder = weights_dir() / str(name_or_path)
         weights = folder / WEIGHTS_FILE
     config = folder / CONFIG_FILE
@@ -397,7 +401,8 @@ def _model_files(name_or_path: Path|str, arg: str) -> tuple[Path, Path]:
         lacks = ' and no '.join(f.name for f in (weights, config) if not f.is_file())
         hint = (" (a training checkpoint's state.json: load it with `train.load_checkpoint`, or use the run's final/ folder)"
                 if (folder / 'state.json').is_file() else '')
-        raise FusionInputError(f"`{arg}`: {folder} has no {lacks}; expected a model folder written by save_pretrained{hint}")
+        where = f"beside {p.name}" if p.is_file() else f"in {folder}"
+        raise FusionInputError(f"`{arg}`: no {lacks} {where}; expected a model folder written by save_pretrained{hint}")
     return weights, config
 
 def _read_config(config: Path, arg: str) -> SFOFusionConfig:

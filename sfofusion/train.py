@@ -6,7 +6,7 @@ Docs: https://github.com/sfofusion/sfofusion/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #588d4365
 from __future__ import annotations
-import dataclasses, json, math, os, time
+import contextlib, dataclasses, json, math, os, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -17,18 +17,19 @@ import torch.distributed as dist
 from torch import nn, Tensor
 from safetensors.torch import save_file, load_file
 
-from .core import FusionInputError, atomic_write_bytes, find_pairs, load_pair, load_gray255, resolve_device, to_uint8
+from .core import FusionInputError, atomic_write_bytes, find_pairs, load_pair, load_gray255, resolve_device, to_uint8, check_writable, check_flag
 from .model import SFOFusion, SFOFusionConfig, build_model
 from .losses import FusionLoss, LossConfig
 from .data import DATASETS, get_dataset, FusionCrops, SyntheticPairs, collate_fusion
 from .metrics import compute_metrics
 
 # %% auto #0
-__all__ = ['VAL_METRICS', 'RUN_FILES', 'RESUME_FREE', 'TrainConfig', 'read_config_file', 'check_keys', 'nested_config',
-           'check_train_config', 'lr_at', 'read_names', 'check_crop', 'build_train_dataset', 'collate_pairs',
-           'epoch_batches', 'save_checkpoint', 'load_checkpoint', 'save_step_checkpoint', 'latest_checkpoint',
+__all__ = ['MAX_CROP', 'MAX_SYNTHETIC', 'VAL_METRICS', 'RUN_FILES', 'RESUME_FREE', 'TrainConfig', 'read_config_file',
+           'check_keys', 'nested_config', 'check_train_config', 'lr_at', 'read_names', 'synthetic_size', 'config_field',
+           'check_val_data', 'check_crop', 'build_train_dataset', 'collate_pairs', 'epoch_batches', 'save_checkpoint',
+           'load_checkpoint', 'save_step_checkpoint', 'checkpoint_problem', 'usable_checkpoint', 'latest_checkpoint',
            'validate', 'RunStart', 'dry_run_report', 'open_run', 'trim_log', 'initial_model', 'replica_max_diff',
-           'save_on_interrupt', 'train', 'read_log', 'plot_log']
+           'save_on_interrupt', 'check_run_args', 'train', 'read_log', 'plot_log']
 
 # %% ../nbs/07_train.ipynb #88bb8162
 @dataclass
@@ -85,6 +86,7 @@ class TrainConfig:
 def read_config_file(path: Path|str) -> dict:
     "The mapping of config fields in a YAML (.yaml/.yml) or JSON file, with a one-line error for anything else."
     path = Path(path)
+    if path.is_dir(): raise FusionInputError(f"`config`: {path} is a folder; expected a .yaml, .yml or .json file")
     if not path.is_file(): raise FusionInputError(f"`config`: {path} not found")
     txt = path.read_text(errors='replace')
     if path.suffix.lower() in ('.yaml', '.yml'):
@@ -96,8 +98,8 @@ def read_config_file(path: Path|str) -> dict:
         try: d = json.loads(txt)
         except json.JSONDecodeError as e: raise FusionInputError(f"`config`: {path} is not valid JSON ({e})") from None
     else: raise FusionInputError(f"`config`: expected a .yaml, .yml or .json file, got {path.name}")
-    if d is None: return {}
-    if not isinstance(d, dict): raise FusionInputError(f"`config`: {path} must hold a mapping of config fields (key: value), got a {type(d).__name__}")
+    if d is None: raise FusionInputError(f"`config`: {path} is empty; expected a mapping of config fields (key: value)")
+    if not isinstance(d, dict): raise FusionInputError(f"`config`: {path} must hold a mapping of config fields (key: value), got {type(d).__name__} {str(d)[:40]}")
     return d
 
 def _coerce(v, like, name):
@@ -107,10 +109,9 @@ def _coerce(v, like, name):
         if isinstance(like, bool): return {'true': True, '1': True, 'yes': True, 'false': False, '0': False, 'no': False}[v.lower()]
         if isinstance(like, int): return int(v)
         if isinstance(like, float): return float(v)
-        if isinstance(like, (list, dict)):
-            out = yaml.safe_load(v)
-            if isinstance(like, list) and not isinstance(out, list): out = [out]
-            return out
+        if isinstance(like, list) and not v.lstrip().startswith('['):   # a,b,c (so '@file' and 'msrs:/x' need no quoting)
+            return [s.strip() for s in v.split(',') if s.strip()]
+        if isinstance(like, (list, dict)): return yaml.safe_load(v)
     except (KeyError, ValueError, yaml.YAMLError) as e:
         kind = {bool: 'true or false', int: 'an integer', float: 'a number', list: 'a list (YAML)', dict: 'a mapping (YAML)'}[type(like)]
         raise FusionInputError(f"config field `{name}`: cannot read {v!r} as {kind}") from None
@@ -158,6 +159,8 @@ def _need(cfg, name: str, ok: bool, expected: str) -> None:
 def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
 def _is_num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
+MAX_CROP = 4096  # training crops are square tiles of real images; beyond this a batch no longer fits any GPU
+
 def check_train_config(cfg: 'TrainConfig') -> None:
     "Raise `FusionInputError` naming the first field of `cfg` with a wrong type or value (nested dicts included)."
     for f in dataclasses.fields(cfg):
@@ -176,6 +179,8 @@ def check_train_config(cfg: 'TrainConfig') -> None:
     _need(cfg, 'min_lr_ratio', 0 <= cfg.min_lr_ratio <= 1, 'a number in [0, 1]')
     _need(cfg, 'precision', cfg.precision in ('fp32', 'bf16', 'fp16'), "'fp32', 'bf16' or 'fp16'")
     _need(cfg, 'data', len(cfg.data) > 0, "at least one entry ('synthetic' or 'NAME:ROOT')")
+    _need(cfg, 'out_dir', bool(cfg.out_dir.strip()), 'a folder path')
+    _need(cfg, 'crop', cfg.crop <= MAX_CROP, f'an integer <= {MAX_CROP} (pixels)')
     for spec in cfg.data:
         name = spec.split(':', 1)[0].lower()
         if spec != 'synthetic' and (':' not in spec or name not in DATASETS):
@@ -202,10 +207,40 @@ def read_names(items: list|str, # pair names, or '@FILE' entries naming a text f
         it = str(it)
         if it.startswith('@'):
             f = Path(it[1:])
+            if f.is_dir(): raise FusionInputError(f"`{arg}`: name list {f} is a folder; expected a text file with one name a line")
             if not f.is_file(): raise FusionInputError(f"`{arg}`: name list {f} not found (relative paths start at {Path.cwd()})")
-            names |= {l.split('#')[0].strip() for l in f.read_text().splitlines()} - {''}
-        else: names.add(Path(it).stem)
+            try: text = f.read_text(encoding='utf-8-sig')          # a byte-order mark is not part of the first name
+            except UnicodeDecodeError: raise FusionInputError(f"`{arg}`: name list {f} is not a text file") from None
+            got = {Path(l.split('#')[0].strip()).stem for l in text.splitlines()} - {''}
+            if not got: raise FusionInputError(f"`{arg}`: name list {f} holds no names")
+            names |= got
+        elif it.strip(): names.add(Path(it.strip()).stem)
+        else: raise FusionInputError(f"`{arg}`: expected pair names or @FILE, got an empty name")
     return names
+
+MAX_SYNTHETIC = 1024  # side of the largest synthetic pair: the smoke data is generated in memory
+
+def synthetic_size(crop: int) -> int:
+    "The synthetic pairs' side for `crop`, refusing sizes that would not fit in memory."
+    if crop > MAX_SYNTHETIC: raise FusionInputError(f"config field `crop`: synthetic pairs are at most {MAX_SYNTHETIC} px, got crop {crop}; use real data for larger crops")
+    return crop
+
+@contextlib.contextmanager
+def config_field(name: str, value=None):
+    "Prefix the `FusionInputError`s raised inside with the config field (and entry) they come from."
+    try: yield
+    except FusionInputError as e:
+        raise FusionInputError(f"config field `{name}`{f' ({value})' if value is not None else ''}: {e}") from None
+
+def check_val_data(cfg: 'TrainConfig') -> None:
+    "Read the validation pairs a run will score, so that a wrong `val_data` stops it before training, not after."
+    if not cfg.val_data: return
+    from .metrics import MIN_SIZE
+    need = max(MIN_SIZE.get(m, 1) for m in VAL_METRICS)
+    with config_field('val_data'):
+        for p in find_pairs(cfg.val_data)[:cfg.val_max_pairs]:
+            H, W = load_pair(p.ir, p.vi)['ir'].shape[-2:]
+            if min(H, W) < need: raise FusionInputError(f"{p.ir} is {W}x{H} (W x H); the validation metrics need at least {need}x{need}")
 
 def check_crop(crop: int,        # square crop side in pixels
                pairs: list,      # the training pairs (`Pair`s)
@@ -229,12 +264,12 @@ def build_train_dataset(cfg: TrainConfig):
     "The training crop dataset described by `cfg.data`."
     bases = []
     for spec in cfg.data:
-        if spec == 'synthetic': bases.append(SyntheticPairs(cfg.synthetic_pairs, size=max(cfg.crop, 96), seed=cfg.seed))
+        if spec == 'synthetic': bases.append(SyntheticPairs(cfg.synthetic_pairs, size=max(synthetic_size(cfg.crop), 96), seed=cfg.seed))
         else:
             if ':' not in spec: raise FusionInputError(f"`data`: expected 'synthetic' or 'NAME:ROOT' entries, got {spec!r}")
             name, root = spec.split(':', 1)
             # fusion training needs the pairs only: labels are neither loaded nor required here
-            bases.append(get_dataset(name, root, boxes=False, masks=False, skip_bad=cfg.skip_bad))
+            with config_field('data', spec): bases.append(get_dataset(name, root, boxes=False, masks=False, skip_bad=cfg.skip_bad))
     excluded, removed = read_names(cfg.exclude), 0
     for ds in bases:
         if excluded and hasattr(ds, 'pairs'):
@@ -307,6 +342,8 @@ def save_checkpoint(folder: Path|str,  # checkpoint folder to create (replaced i
     if torch.cuda.is_available() and torch.cuda.is_initialized(): tensors['rng.cuda'] = torch.cuda.get_rng_state()
     save_file(tensors, str(tmp/'state.safetensors'))
     (tmp/'state.json').write_text(json.dumps(dict(step=step, optimizers=metas, **(extra or {})), indent=1))
+    umask = os.umask(0); os.umask(umask)
+    for f in tmp.iterdir(): f.chmod(0o666 & ~umask)   # safetensors writes 0600 files; others must be able to resume or load
     if folder.exists(): shutil.rmtree(folder)
     os.replace(tmp, folder)
     return folder
@@ -336,6 +373,29 @@ def save_step_checkpoint(out_dir: Path|str, step: int, modules, optimizers, extr
     folder = save_checkpoint(d/f'step_{step:08d}', modules, optimizers, step, extra)
     for old in sorted(d.glob('step_*[0-9]'))[:-max(1, keep)]: shutil.rmtree(old)
     return folder
+
+def checkpoint_problem(folder: Path) -> str|None:
+    "Why the checkpoint `folder` cannot be loaded (missing or damaged files), or None when it is complete."
+    from safetensors import SafetensorError, safe_open
+    if not (folder/'state.json').is_file(): return 'no state.json'
+    try: json.loads((folder/'state.json').read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: return f"state.json is damaged ({e})"
+    files = sorted(folder.glob('*.safetensors'))
+    if not any(f.name == 'state.safetensors' for f in files): return 'no state.safetensors'
+    for f in files:
+        try:
+            with safe_open(str(f), 'pt') as h: h.keys()
+        except (SafetensorError, OSError, ValueError) as e: return f"{f.name} is damaged ({e})"
+    return None
+
+def usable_checkpoint(out_dir: Path|str) -> Path|None:
+    "The newest complete checkpoint in `out_dir/checkpoints` (damaged newer ones are reported and passed over), or None."
+    d = Path(out_dir)/'checkpoints'
+    for ck in sorted(d.glob('step_*[0-9]'), reverse=True) if d.is_dir() else []:
+        why = checkpoint_problem(ck)
+        if why is None: return ck
+        warnings.warn(f"checkpoint {ck} cannot be used ({why}); trying the one before it", stacklevel=2)
+    return None
 
 def latest_checkpoint(out_dir: Path|str) -> Path|None:
     "The checkpoint folder with the highest step in `out_dir/checkpoints`, or None."
@@ -372,7 +432,8 @@ def validate(model: nn.Module, folder: Path|str, max_pairs: int|None=8, metrics=
 
 # %% ../nbs/07_train.ipynb #143551ac
 RUN_FILES = ('config.json', 'log.jsonl', 'checkpoints', 'final', 'loss.png', 'result.json')  # what a fusion run writes
-RESUME_FREE = ('out_dir', 'device', 'num_workers', 'progress', 'log_every', 'ckpt_every', 'keep_ckpts', 'val_every')
+RESUME_FREE = ('out_dir', 'device', 'num_workers', 'progress', 'log_every', 'ckpt_every', 'keep_ckpts', 'val_every',
+               'val_data', 'val_max_pairs')  # validation reads the weights, never changes them
 
 @dataclass
 class RunStart:
@@ -405,36 +466,55 @@ def open_run(out: Path|str,     # the run folder
              dry: bool=False,   # only check: never remove anything
             ) -> RunStart:
     "Check `out` before any work: refuse to mix two runs, resume only the same config, clear a run on `overwrite`."
-    import shutil
     out = Path(out)
     if resume and overwrite: raise FusionInputError("`resume` and `overwrite`: give one (continue the run, or replace it), not both")
     if out.exists() and not out.is_dir(): raise FusionInputError(f"`out_dir`: {out} exists and is not a folder")
     found = [n for n in files if (out/n).exists()]
-    if not found:
+    if not found or not _holds_work(out):   # nothing, or the leftovers of a run that failed before its first step
         if resume: print(f"resume: no run in {out}; starting a new one")
+        if found and not dry: _remove(out, found)
         return RunStart()
     if overwrite:
-        for n in found if not dry else (): shutil.rmtree(out/n) if (out/n).is_dir() else (out/n).unlink()
+        if not dry: _remove(out, found)
         return RunStart()
-    ck = latest_checkpoint(out)
+    ck = usable_checkpoint(out)
     what = ', '.join(f"{n}/ at step {int(ck.name[5:])}" if n == 'checkpoints' and ck else n for n in found)
     if not resume:
         raise FusionInputError(f"`out_dir`: {out} already holds a run ({what}); continue it with `resume`, replace it with "
                                "`overwrite`, or choose another `out_dir`")
-    saved = json.loads((out/'config.json').read_text()) if (out/'config.json').is_file() else {}
+    try: saved = json.loads((out/'config.json').read_text()) if (out/'config.json').is_file() else {}
+    except json.JSONDecodeError as e:
+        raise FusionInputError(f"`out_dir`: the run's {out/'config.json'} is damaged ({e}); replace the run with `overwrite`") from None
     changes = _config_changes(saved, config, defaults)
     if changes:
         raise FusionInputError(f"`resume`: the config differs from the run's {out/'config.json'} in {'; '.join(changes)}; "
                                "a resumed run keeps its config (train longer from its weights with `init_weights`, in a new `out_dir`)")
     if (out/'result.json').is_file() and (out/'final').is_dir():
-        return RunStart(ck, json.loads((out/'result.json').read_text()))
+        try: return RunStart(ck, json.loads((out/'result.json').read_text()))
+        except json.JSONDecodeError: pass                      # a damaged record: finish the run again from its checkpoint
+    if ck is None: print(f"resume: {out} has no usable checkpoint (the run stopped before its first one): starting from step 0")
     return RunStart(ck)
+
+def _holds_work(out: Path) -> bool:
+    "Does `out` hold anything a run made that would be lost: a checkpoint, final weights, a result, or logged steps?"
+    if any((out/n).exists() for n in ('checkpoints', 'final', 'result.json', 'task', 'loss_generator.safetensors')): return True
+    return (out/'log.jsonl').is_file() and bool((out/'log.jsonl').read_text(errors='replace').strip())
+
+def _remove(out: Path, names: list) -> None:
+    import shutil
+    for n in names: shutil.rmtree(out/n) if (out/n).is_dir() else (out/n).unlink()
+
+def _row(line: str) -> dict|None:
+    "One JSONL log row, or None for a blank or damaged line (a run killed mid-write leaves half a line)."
+    try: r = json.loads(line)
+    except json.JSONDecodeError: return None
+    return r if isinstance(r, dict) else None
 
 def trim_log(path: Path|str, step: int) -> None:
     "Drop the rows after `step` from a JSONL log (what a run logged after its last checkpoint is redone on resume)."
     path = Path(path)
     if not path.is_file(): return
-    rows = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get('step', 0) <= step]
+    rows = [l for l in path.read_text(errors='replace').splitlines() if (r := _row(l)) is not None and r.get('step', 0) <= step]
     atomic_write_bytes(path, ''.join(l + '\n' for l in rows).encode())
 
 # %% ../nbs/07_train.ipynb #2724e15e
@@ -494,6 +574,12 @@ def save_on_interrupt(checkpoint, step: int, world: int, bar=None) -> None:
 def _log(path: Path, row: dict) -> None:
     with open(path, 'a') as f: f.write(json.dumps(row) + '\n')
 
+def check_run_args(resume, overwrite, dry_run, stop_after) -> None:
+    "The run switches: three bools and an optional step."
+    for k, v in (('resume', resume), ('overwrite', overwrite), ('dry_run', dry_run)): check_flag(v, k)
+    if stop_after is not None and (not isinstance(stop_after, int) or isinstance(stop_after, bool) or stop_after < 0):
+        raise FusionInputError(f"`stop_after`: expected None or an integer >= 0, got {stop_after!r}")
+
 def train(cfg: TrainConfig,           # the run's configuration
           resume: bool=False,         # continue the run in `cfg.out_dir` from its latest checkpoint
           stop_after: int|None=None,  # stop (with a checkpoint) after this global step: simulates an interruption
@@ -503,14 +589,18 @@ def train(cfg: TrainConfig,           # the run's configuration
     "Train the fusion network as described by `cfg`."
     if not isinstance(cfg, TrainConfig):
         raise FusionInputError(f"`cfg`: expected a TrainConfig (TrainConfig(**fields) or TrainConfig.load(path)), got {type(cfg).__name__}")
+    check_run_args(resume, overwrite, dry_run, stop_after)
+    cfg = dataclasses.replace(cfg)       # checks every field again (a config may have been changed after it was made)
     rank, world, dev = _setup_distributed(cfg)
     out = Path(cfg.out_dir)
+    check_writable(out, 'out_dir')
     start = open_run(out, cfg.to_dict(), asdict(type(cfg)()), resume, overwrite, dry=dry_run) if rank == 0 else None
     if world > 1: obj = [start]; dist.broadcast_object_list(obj, 0); start = obj[0]
     if start.finished is not None:
         if rank == 0: print(f"{out} holds a finished run ({start.finished.get('step')} steps): nothing to do")
         return start.finished
     ds = build_train_dataset(cfg)        # bad data fails here, before the folder is touched
+    check_val_data(cfg)
     torch.manual_seed(cfg.seed)
     model = initial_model(cfg).to(dev)
     if dry_run: return dry_run_report(start, out, len(ds), dev)
@@ -583,14 +673,14 @@ def train(cfg: TrainConfig,           # the run's configuration
         raise
     if bar is not None: bar.close()
     checkpoint(step)
-    res = dict(step=step, loss=last_loss, skipped=skipped, weights=str(out/'final'), val=val,
+    res = dict(step=step, loss=last_loss, skipped=skipped, weights=str(out/'final') if step >= cfg.steps else None, val=val,
                seconds=time.perf_counter() - t0)
     if world > 1: res['replica_max_diff'] = replica_max_diff(model)
     if rank == 0 and step >= cfg.steps:
+        model.save_pretrained(out/'final')           # first: nothing after this can lose the trained weights
         if cfg.val_data and not val:
             val = res['val'] = validate(model, cfg.val_data, cfg.val_max_pairs)
             _log(out/'log.jsonl', dict(step=step, **{f'val/{k}': v for k, v in val.items()}))
-        model.save_pretrained(out/'final')
         plot_log(out/'log.jsonl', out/'loss.png')
         atomic_write_bytes(out/'result.json', json.dumps(res, indent=1).encode())
     if world > 1: dist.barrier()
@@ -599,7 +689,7 @@ def train(cfg: TrainConfig,           # the run's configuration
 # %% ../nbs/07_train.ipynb #964294c6
 def read_log(path: Path|str) -> list[dict]:
     "Rows of a JSONL training log."
-    return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+    return [r for l in Path(path).read_text(errors='replace').splitlines() if (r := _row(l)) is not None]  # damaged lines skipped
 
 def plot_log(log: Path|str, out: Path|str) -> Path:
     "Save a figure of the loss curve (and validation metrics) from the JSONL log `log` to `out`."

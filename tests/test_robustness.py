@@ -115,7 +115,7 @@ def test_fuse_device_has_help(capsys):
     (lambda d: (d/'config.json').write_text('{"widht": 4}'), "unknown field(s) ['widht']"),
     (lambda d: (d/'config.json').write_text(json.dumps({**json.loads((d/'config.json').read_text()), 'width': 8})),
      'do not fit the network config.json describes'),
-    (lambda d: (d/'config.json').unlink(), 'has no config.json; expected a model folder'),
+    (lambda d: (d/'config.json').unlink(), 'no config.json in'),
 ])
 def test_fuse_broken_model_folder(sf, pairs, model_dir, damage, says, tmp_path):
     import shutil
@@ -160,7 +160,7 @@ def test_fuse_resize_warning_is_one_line(sf, pairs, model_dir):
     cv2.imwrite(str(pairs/'vi'/'a.png'), np.zeros((20, 24, 3), np.uint8))
     rc, _, err = sf('fuse', '--ir', pairs/'ir', '--vi', pairs/'vi', '--out', pairs/'out', '--model', model_dir, '--resize')
     warn = [l[l.index('sfofusion fuse: warning'):] for l in err.splitlines() if 'warning' in l]   # after any progress bar
-    assert rc == 0 and warn == ['sfofusion fuse: warning: a.png and a.png: resizing VIS from 24x20 to the IR size 48x40']
+    assert rc == 0 and warn == ['sfofusion fuse: warning: ir/a.png and vi/a.png: resizing VIS from 24x20 to the IR size 48x40']
     assert 'warnings.warn' not in err and '.py:' not in err
 
 
@@ -304,7 +304,7 @@ def test_train_bad_config_is_one_line_and_writes_nothing(sf, tmp_path, args, say
 
 @pytest.mark.parametrize('name, text, says', [
     ('bad.yaml', 'steps: 3\nlr: [1\n', 'is not valid YAML at line 3'),
-    ('list.yaml', '- steps\n- 3\n', 'must hold a mapping of config fields (key: value), got a list'),
+    ('list.yaml', '- steps\n- 3\n', 'must hold a mapping of config fields (key: value), got list'),
     ('bad.json', '{"steps": 3,}', 'is not valid JSON'),
     ('c.toml', 'steps = 3', 'expected a .yaml, .yml or .json file'),
     ('nested.yaml', 'loss:\n  nope: 1\n', 'config field `loss`: unknown key(s) nope'),
@@ -334,7 +334,7 @@ def test_train_sigterm_saves_a_checkpoint(tmp_path):
         if log.is_file() and len(log.read_text().splitlines()) >= 3: break
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
-    assert p.returncode == 130 and 'checkpoint saved' in out and 'interrupted' in err and 'Traceback' not in err, err
+    assert p.returncode == 143 and 'checkpoint saved' in out and 'terminated (SIGTERM)' in err and 'Traceback' not in err, err
     assert any((tmp_path/'run'/'checkpoints').iterdir())
 
 
@@ -395,3 +395,153 @@ def test_internal_errors_are_one_line_and_say_so(sf, monkeypatch, pairs, model_d
     rc, _, err = sf('fuse', '--ir', pairs/'ir', '--vi', pairs/'vi', '--out', pairs/'out')
     line = one_error(err, 'fuse')
     assert rc == 1 and 'internal error: ZeroDivisionError: oops' in line and '--debug' in line
+
+
+# --- found by a second round of trying to break it ----------------------------------------------------------------
+
+def test_demo_never_writes_among_other_files(sf, pairs, tmp_path):
+    before = digest(pairs/'ir')
+    rc, _, err = sf('fuse', '--demo', pairs/'ir')
+    assert rc == 2 and 'holds other files' in one_error(err, 'fuse') and digest(pairs/'ir') == before
+    rc, _, err = sf('fuse', '--demo', tmp_path/'d', '--ir', pairs/'ir')
+    assert rc == 2 and 'it takes no --ir' in err
+    (tmp_path/'afile').write_text('x')
+    rc, _, err = sf('fuse', '--demo', tmp_path/'afile')
+    assert rc == 2
+
+
+def test_train_bad_val_data_stops_before_training(sf, tmp_path):
+    args = ('train', *SMALL, '--steps', 2, '--set', 'val_data=/no/such/folder', '--out-dir', tmp_path/'run')
+    rc, _, err = sf(*args, '--dry-run')
+    assert rc == 2 and 'config field `val_data`' in one_error(err, 'train')
+    rc, _, err = sf(*args)
+    assert rc == 2 and not (tmp_path/'run').exists()
+
+
+def test_train_resume_may_fix_val_data(sf, tmp_path, pairs):
+    out = tmp_path/'run'
+    rc, _, err = sf('train', *SMALL, '--steps', 2, '--out-dir', out, '--set', f'val_data={pairs}', '--dry-run')
+    assert rc == 2 and 'the validation metrics need at least 41x41' in err              # 48x40 pairs: refused up front
+    for side in ('ir', 'vi'):
+        for n in ('a', 'b', 'c'): cv2.imwrite(str(pairs/side/f'{n}.png'), np.random.default_rng(0).integers(0, 255, (48, 56), np.uint8))
+    rc, _, err = sf('train', *SMALL, '--steps', 2, '--out-dir', out, '--set', f'val_data={pairs}', '--set', 'crop=32')
+    assert rc == 0, err
+    rc, _, err = sf('train', *SMALL, '--steps', 2, '--out-dir', out, '--set', f'val_data={pairs}', '--set', 'val_max_pairs=1', '--set', 'crop=32', '--resume')
+    assert rc == 0, err                                  # validation settings read the weights only: free to change on resume
+
+
+def test_fuse_12_bit_data_in_16_bit_files_is_not_black(sf, tmp_path):
+    rng = np.random.default_rng(3)
+    ir8, vi8 = rng.integers(40, 200, (40, 48)).astype(np.uint8), rng.integers(40, 200, (40, 48)).astype(np.uint8)
+    cv2.imwrite(str(tmp_path/'ir.png'), ir8.astype(np.uint16) * 16); cv2.imwrite(str(tmp_path/'vi.png'), vi8.astype(np.uint16) * 16)
+    rc, _, err = sf('fuse', '--ir', tmp_path/'ir.png', '--vi', tmp_path/'vi.png', '--out', tmp_path/'o', '--gray')
+    f = cv2.imread(str(tmp_path/'o'/'ir.png'), cv2.IMREAD_UNCHANGED)
+    assert rc == 0 and f.mean() > 60 and 'use 12 bits only' in err
+
+
+@pytest.mark.parametrize('args', [('fuse', '--ir', '', '--vi', 'x', '--out', 'o'), ('fuse', '--ir', 'x', '--vi', 'x', '--out', ''),
+                                  ('fuse', '--ir', 'x', '--vi', 'x', '--out', 'o', '--model', ''), ('train', '--out-dir', ''),
+                                  ('eval', '--fused', '', '--ir', 'x', '--vi', 'x')])
+def test_empty_arguments_are_refused(sf, args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e: main(list(args))
+    assert e.value.code == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_same_source_twice_is_refused(sf, pairs, fused):
+    rc, _, err = sf('fuse', '--ir', pairs/'ir', '--vi', pairs/'ir', '--out', pairs/'o')
+    assert rc == 2 and 'name the same files' in one_error(err, 'fuse')
+    rc, _, err = sf('eval', '--fused', pairs/'ir', '--ir', pairs/'ir', '--vi', pairs/'vi', '--no-progress')
+    assert rc == 2 and 'is the --ir folder' in one_error(err, 'eval')
+
+
+def test_python_flags_and_paths_are_checked(pairs):
+    from sfofusion.core import FusionInputError
+    from sfofusion.fuse import fuse, fuse_folder
+    from sfofusion.metrics import evaluate_folders
+    net = build_model(SFOFusionConfig(width=4, ctx_width=8))
+    with pytest.raises(FusionInputError, match="`overwrite`: expected True or False, got 'no'"):
+        fuse_folder(pairs/'ir', pairs/'vi', pairs/'o', model=net, overwrite='no', progress=False)
+    with pytest.raises(FusionInputError, match='`out`: expected a path'): fuse_folder(pairs/'ir', pairs/'vi', None, model=net)
+    with pytest.raises(FusionInputError, match='`ir`: expected a path'): fuse_folder(1, 2, 3, model=net)
+    with pytest.raises(FusionInputError, match='`gray`'): fuse(pairs/'ir'/'a.png', pairs/'vi'/'a.png', model=net, gray='no')
+    with pytest.raises(FusionInputError, match='`tile`'): fuse(pairs/'ir'/'a.png', pairs/'vi'/'a.png', model=net, tile='64')
+    with pytest.raises(FusionInputError, match='`fused_dir`'): evaluate_folders(None, pairs/'ir', pairs/'vi')
+    with pytest.raises(FusionInputError, match='`names`'): evaluate_folders(pairs/'vi', pairs/'ir', pairs/'ir', names=[])
+
+
+def test_train_huge_crop_is_refused_up_front(sf, tmp_path):
+    rc, _, err = sf('train', *SMALL, '--set', 'crop=100000', '--out-dir', tmp_path/'a')
+    assert rc == 2 and 'config field `crop`: expected an integer <= 4096' in err
+    rc, _, err = sf('train', *SMALL, '--set', 'crop=2048', '--out-dir', tmp_path/'b')
+    assert rc == 2 and 'synthetic pairs are at most 1024 px' in err
+    assert not (tmp_path/'a').exists() and not (tmp_path/'b').exists()
+
+
+def test_train_leftovers_of_a_run_that_never_stepped_are_not_a_run(sf, tmp_path):
+    (tmp_path/'run').mkdir(); (tmp_path/'run'/'config.json').write_text('{}')      # a run that died before step 1
+    rc, _, err = sf('train', *SMALL, '--steps', 1, '--out-dir', tmp_path/'run')
+    assert rc == 0, err
+
+
+def test_train_resume_without_checkpoint_says_so(sf, tmp_path):
+    from sfofusion.train import TrainConfig
+    cfg = TrainConfig(steps=2, crop=32, batch_size=2, synthetic_pairs=4, progress=False, out_dir=str(tmp_path/'run'))
+    (tmp_path/'run').mkdir(); (tmp_path/'run'/'config.json').write_text(json.dumps(cfg.to_dict()))
+    (tmp_path/'run'/'log.jsonl').write_text('{"step": 1, "loss": 0.5}\n')
+    rc, out, err = sf('train', *SMALL, '--steps', 2, '--out-dir', tmp_path/'run', '--resume')
+    assert rc == 0 and 'no usable checkpoint' in out, err
+
+
+def test_train_resume_survives_damaged_run_files(sf, tmp_path):
+    out = tmp_path/'run'
+    args = ('train', *SMALL, '--steps', 4, '--set', 'ckpt_every=1', '--set', 'keep_ckpts=3', '--out-dir', out)
+    from sfofusion.train import TrainConfig, train
+    cfg = TrainConfig(steps=4, crop=32, batch_size=2, synthetic_pairs=4, progress=False, ckpt_every=1, keep_ckpts=3, out_dir=str(out))
+    train(cfg, stop_after=3)
+    newest = out/'checkpoints'/'step_00000003'
+    (newest/'model.safetensors').write_bytes((newest/'model.safetensors').read_bytes()[:100])   # killed mid-write
+    with open(out/'log.jsonl', 'a') as f: f.write('{"step": 4, "lo')                          # half a line
+    rc, o, err = sf(*args, '--resume')
+    assert rc == 0 and 'cannot be used' in err and 'resumed from' in o and 'step_00000002' in o, err
+    (out/'config.json').write_text('{"steps": ')
+    rc, _, err = sf(*args, '--resume')
+    assert rc == 2 and 'config.json is damaged' in one_error(err, 'train')
+
+
+def test_checkpoints_are_readable_by_others(tmp_path):
+    from sfofusion.train import TrainConfig, train
+    old = os.umask(0o022)
+    try: train(TrainConfig(steps=1, crop=32, batch_size=2, synthetic_pairs=4, progress=False, out_dir=str(tmp_path/'r')))
+    finally: os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path/'r'/'checkpoints').rglob('*') if p.is_file()}
+    assert modes and set(modes.values()) == {0o644}, modes
+
+
+def test_train_api_arguments_are_checked(tmp_path):
+    from sfofusion.core import FusionInputError
+    from sfofusion.train import TrainConfig, train
+    cfg = TrainConfig(steps=2, crop=32, batch_size=2, synthetic_pairs=4, progress=False, out_dir=str(tmp_path/'r'))
+    with pytest.raises(FusionInputError, match='`stop_after`'): train(cfg, stop_after='1')
+    with pytest.raises(FusionInputError, match='`cfg`: expected a TrainConfig'): train(cfg.to_dict())
+    cfg.steps = 'abc'                                                  # changed after it was made
+    with pytest.raises(FusionInputError, match='config field `steps`'): train(cfg)
+    cfg.steps = 2
+    assert train(cfg, stop_after=0)['weights'] is None                  # nothing finished: no weights to point at
+
+
+def test_eval_names_file_problems(sf, fused, tmp_path):
+    base = ('eval', '--fused', fused/'f', '--ir', fused/'ir', '--vi', fused/'vi', '--no-progress', '--metrics', 'EN')
+    (tmp_path/'e.txt').write_text('# nothing\n\n')
+    rc, _, err = sf(*base, '--names', f"@{tmp_path/'e.txt'}")
+    assert rc == 2 and '--names: name list' in one_error(err, 'eval') and 'holds no names' in err
+    rc, _, err = sf(*base, '--names', f"@{fused/'ir'/'a.png'}")
+    assert rc == 2 and 'is not a text file' in err
+    (tmp_path/'bom.txt').write_text('\ufeffa.png\nb\n', encoding='utf-8')
+    rc, out, err = sf(*base, '--names', f"@{tmp_path/'bom.txt'}")
+    assert rc == 0 and '| 2 |' in out, err
+
+
+def test_usage_errors_are_one_line(sf):
+    with pytest.raises(SystemExit) as e: main(['fuse', '--tile', 'abc'])
+    assert e.value.code == 2
