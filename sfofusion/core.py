@@ -328,7 +328,7 @@ def resolve_device(device: str|torch.device, # 'cpu', 'cuda', 'cuda:N', 'mps', o
     "The torch device named by `device`, checked to exist on this machine."
     if isinstance(device, str) and device == 'auto' and allow_auto:
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    valid = "'cpu', 'cuda', 'cuda:N' or 'mps'" + (" or 'auto'" if allow_auto else '')
+    valid = "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'" if allow_auto else "'cpu', 'cuda', 'cuda:N' or 'mps'"
     try: dev = torch.device(device)
     except (RuntimeError, TypeError): raise FusionInputError(f"`{arg}`: expected {valid}, got {device!r}") from None
     if dev.type == 'cuda':

@@ -299,7 +299,8 @@ def _load(ir_path: Path, vi_path: Path, resize: bool) -> tuple[Tensor, Tensor, T
     "IR and VIS luminance (1, 1, H, W) and VIS chroma (1, 2, H, W) or None, VIS resized to IR when allowed."
     y_ir, _ = as_input(ir_path, 'ir')
     y_vis, cbcr = as_input(vi_path, 'vi')
-    y_vis, cbcr = _match_size(y_ir, y_vis, cbcr, resize, f"{ir_path.parent.name}/{ir_path.name} and {vi_path.parent.name}/{vi_path.name}")
+    short = lambda f: f"{f.parent.name}/{f.name}" if f.parent.name else f.name   # enough to tell ir/a.png from vi/a.png
+    y_vis, cbcr = _match_size(y_ir, y_vis, cbcr, resize, f"{short(ir_path)} and {short(vi_path)}")
     return y_ir, y_vis, cbcr
 
 def _check_out(out: Path, ir: str|Path, vi: str|Path, pairs: list) -> None:
