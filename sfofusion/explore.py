@@ -1,4 +1,4 @@
-"""An interactive viewer: pick a pair, slide between IR, VIS and the fused image, look at the frequency estimate, the compensation map and the spectra.
+"""An interactive viewer: pick a pair, slide between IR, VIS and the fused image, and look at what the network did — the frequency estimate, the compensation gate, the IR share, the spectra side by side, and the loss generator's weights of a task-oriented run.
 
 Docs: https://github.com/sfofusion/sfofusion/explore.html.md"""
 
@@ -6,6 +6,7 @@ Docs: https://github.com/sfofusion/sfofusion/explore.html.md"""
 
 # %% ../nbs/15_explore.ipynb #cd0491fe
 from __future__ import annotations
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,19 @@ from .core import Pair, find_pairs, load_pair, FusionInputError
 from .model import SFOFusion, build_model, shipped_models
 
 # %% auto #0
-__all__ = ['PANELS', 'log_spectrum', 'panels', 'blend', 'panel_figure', 'default_model', 'viewer']
+__all__ = ['PANELS', 'GENERATOR_PANEL', 'PANEL_INFO', 'VIEWS', 'log_spectrum', 'panels', 'blend', 'draw_panels', 'panel_figure',
+           'default_model', 'load_generator', 'viewer', 'open_folder']
 
 # %% ../nbs/15_explore.ipynb #287da3ec
-PANELS = ('IR', 'VIS', 'fused', 'frequency estimate', 'compensation map', 'IR spectrum', 'VIS spectrum', 'fused spectrum')
+PANELS = ('IR', 'VIS', 'fused', 'frequency estimate', 'compensation gate', 'IR share', 'IR spectrum', 'VIS spectrum', 'fused spectrum')
+GENERATOR_PANEL = 'loss weight (IR share)'
+PANEL_INFO = {  # name -> (colour map, colour-bar label or None for plain images); every panel lies in [0, 1]
+    'IR': ('gray', None), 'VIS': ('gray', None), 'fused': ('gray', None), 'frequency estimate': ('gray', None),
+    'compensation gate': ('viridis', '0: frequency estimate kept · 1: spatial detail added in full'),
+    'IR share': ('coolwarm', 'IR share s of s·IR + (1−s)·VIS (0: VIS, 1: IR)'),
+    'IR spectrum': ('magma', 'log-amplitude (scaled)'), 'VIS spectrum': ('magma', 'log-amplitude (scaled)'),
+    'fused spectrum': ('magma', 'log-amplitude (scaled)'),
+    GENERATOR_PANEL: ('coolwarm', "loss generator's IR share of the intensity target (0: VIS, 1: IR)")}
 
 def log_spectrum(x: Tensor) -> np.ndarray:
     "Centred log-amplitude spectrum of a (1, 1, H, W) image, scaled to [0, 1] for display."
@@ -29,18 +39,22 @@ def log_spectrum(x: Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def panels(ir: Tensor, vis: Tensor, # (1, 1, H, W) float in [0, 1]
-           model: torch.nn.Module,  # a fusion network
-          ) -> dict:               # name -> (H, W) float array in [0, 1], for each of `PANELS`
-    "Every view of one pair: sources, fused, frequency estimate, compensation map and spectra."
+           model: torch.nn.Module,  # an `SFOFusion` network
+           generator: torch.nn.Module|None=None, # a task-oriented run's `LossGenerator`, or None
+          ) -> dict:               # name -> (H, W) float array in [0, 1], for each of `PANELS` (+ `GENERATOR_PANEL`)
+    "Every view of one pair: sources, fused, frequency estimate, compensation gate, IR share and spectra."
     was = model.training; model.eval()
     dev = next(model.parameters()).device
     aux = model.forward_aux(ir.to(dev), vis.to(dev))
     model.train(was)
     f = aux['fused'].float().cpu()
-    norm = lambda t: ((t - t.min()) / (t.max() - t.min() + 1e-12))[0, 0].float().cpu().numpy()
-    return {'IR': ir[0, 0].numpy(), 'VIS': vis[0, 0].numpy(), 'fused': f[0, 0].numpy(),
-            'frequency estimate': norm(aux['freq']), 'compensation map': norm(aux['comp'][:, :1]),
-            'IR spectrum': log_spectrum(ir), 'VIS spectrum': log_spectrum(vis), 'fused spectrum': log_spectrum(f)}
+    img = lambda t: t[0, 0].float().cpu().numpy()
+    share = aux['select'] if 'select' in aux else torch.full_like(f, float('nan'))   # the legacy 'logit' head has none
+    out = {'IR': img(ir), 'VIS': img(vis), 'fused': img(f), 'frequency estimate': img(aux['freq'].clamp(0, 1)),
+           'compensation gate': img(aux['comp']), 'IR share': img(share),
+           'IR spectrum': log_spectrum(ir), 'VIS spectrum': log_spectrum(vis), 'fused spectrum': log_spectrum(f)}
+    if generator is not None: out[GENERATOR_PANEL] = img(generator(ir.to(dev), vis.to(dev))[0])
+    return out
 
 def blend(p: dict, t: float) -> np.ndarray:
     "Slide between IR (t = 0), VIS (t = 1) and fused (t = 2), blending linearly in between."
@@ -49,55 +63,107 @@ def blend(p: dict, t: float) -> np.ndarray:
     return (1 - s) * a + s * b
 
 # %% ../nbs/15_explore.ipynb #e01c8546
-def panel_figure(p: dict, title: str='', names=PANELS):
-    "A matplotlib figure of the panels `names` of one pair."
+def draw_panels(axes, p: dict, names) -> None:
+    "Draw the panels `names` of `p` into `axes` (one each), with a colour bar where `PANEL_INFO` gives a label."
     import matplotlib.pyplot as plt
-    n = len(names); cols = 4; rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-    for ax, k in zip(axes.flat, names):
-        ax.imshow(p[k], cmap='magma' if 'spectrum' in k or k == 'compensation map' else 'gray', vmin=0, vmax=1)
+    for ax, k in zip(axes, names):
+        cmap, label = PANEL_INFO[k]
+        im = ax.imshow(p[k], cmap=cmap, vmin=0, vmax=1)
         ax.set_title(k, fontsize=9); ax.axis('off')
-    for ax in list(axes.flat)[n:]: ax.axis('off')
+        if label: ax.figure.colorbar(im, ax=ax, fraction=0.035, pad=0.02).set_label(label, fontsize=7)
+
+def panel_figure(p: dict, title: str='', names=None):
+    "A matplotlib figure of the panels `names` (default: all of `p`) of one pair."
+    import matplotlib.pyplot as plt
+    names = list(p) if names is None else list(names)
+    cols = min(3, len(names)); rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False, layout='constrained')
+    draw_panels(axes.flat, p, names)
+    for ax in list(axes.flat)[len(names):]: ax.axis('off')
     if title: fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 # %% ../nbs/15_explore.ipynb #32058f89
+VIEWS = {'slider': None, 'spectra': ('IR spectrum', 'VIS spectrum', 'fused spectrum'),
+         'frequency estimate': ('fused', 'frequency estimate'), 'compensation gate': ('fused', 'compensation gate'),
+         'IR share': ('fused', 'IR share'), 'loss weights': ('fused', GENERATOR_PANEL)}
+
 def default_model() -> SFOFusion:
     "The shipped 'msrs' model when present, else an untrained network (with a note)."
     if 'msrs' in shipped_models(): return SFOFusion.from_pretrained('msrs')
     print("no shipped weights found: showing an untrained network")
     return build_model()
 
+def load_generator(run: Path|str) -> torch.nn.Module:
+    "The loss generator of a task-oriented run folder (`loss_generator.safetensors`, built with the run's `gen` settings)."
+    from safetensors.torch import load_file
+    from sfofusion.meta import LossGenerator, LossGenConfig
+    run = Path(run); f = run/'loss_generator.safetensors'
+    if not f.is_file(): raise FusionInputError(f"`generator`: no loss_generator.safetensors in {run} (a `--task ... --mode meta` run writes one)")
+    gen = json.loads((run/'config.json').read_text()).get('gen', {}) if (run/'config.json').is_file() else {}
+    g = LossGenerator(LossGenConfig(**gen)); g.load_state_dict(load_file(str(f)))
+    return g.eval()
+
+# %% ../nbs/15_explore.ipynb #7016ef9b
 def viewer(pairs: list[Pair]|Path|str, # pairs (see `core.find_pairs`) or a dataset folder
            model: torch.nn.Module|None=None, # fusion network; None: `default_model()`
+           generator: torch.nn.Module|Path|str|None=None, # a `LossGenerator` or a task-oriented run folder: adds 'loss weights'
           ):
-    "An ipywidgets viewer of `pairs` fused by `model`."
-    import ipywidgets as W
-    import matplotlib.pyplot as plt
-    if not isinstance(pairs, list): pairs = find_pairs(pairs)
-    if not pairs: raise FusionInputError("`pairs`: no pairs to show")
+    "An ipywidgets viewer of `pairs` fused by `model`; its controls are `.pick`, `.view`, `.pos`, and `.status` shows errors."
+    import html, ipywidgets as W, matplotlib.pyplot as plt
+    if isinstance(pairs, (str, Path)): pairs = find_pairs(pairs)
+    if not isinstance(pairs, list) or not pairs: raise FusionInputError(f"`pairs`: expected a folder or a non-empty list of pairs, got {pairs!r}")
     model = model or default_model()
-    cache = {}
+    if isinstance(generator, (str, Path)): generator = load_generator(generator)
+    cache, shown = {}, {'pair': None}
     def get(i):
         if i not in cache:
             d = load_pair(pairs[i].ir, pairs[i].vi)
-            cache[i] = panels(d['ir'], d['vis'], model)
+            cache[i] = panels(d['ir'], d['vis'], model, generator)
         return cache[i]
     pick = W.Dropdown(options=[(p.name, i) for i, p in enumerate(pairs)], value=0, description='pair')
-    view = W.ToggleButtons(options=['slider'] + list(PANELS[3:]), value='slider', description='view')
-    pos = W.FloatSlider(value=2.0, min=0, max=2, step=0.05, description='IR→VIS→fused', readout_format='.2f',
-                        style={'description_width': 'initial'})
-    out = W.Output()
-    def draw(*_):
-        p = get(pick.value)
-        img = blend(p, pos.value) if view.value == 'slider' else p[view.value]
+    view = W.ToggleButtons(options=[v for v in VIEWS if v != 'loss weights' or generator is not None], value='slider', description='view')
+    pos = W.FloatSlider(value=2.0, min=0, max=2, step=0.05, description='IR → VIS → fused', readout_format='.2f',
+                        style={'description_width': 'initial'}, layout=W.Layout(width='460px'))
+    status, out = W.HTML(), W.Output()
+
+    def render(i):
+        p, names = get(i), VIEWS[view.value]
         with out:
             out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(7, 5.2))
-            ax.imshow(img, cmap='gray' if view.value == 'slider' or 'estimate' in view.value else 'magma', vmin=0, vmax=1)
-            ax.set_title(f"{pairs[pick.value].name}: {view.value if view.value != 'slider' else f'position {pos.value:.2f}'}")
-            ax.axis('off'); plt.show()
+            if names is None:
+                fig, ax = plt.subplots(figsize=(7, 5.2), layout='constrained')
+                ax.imshow(blend(p, pos.value), cmap='gray', vmin=0, vmax=1); ax.axis('off')
+                ax.set_title(f"{pairs[i].name}: position {pos.value:.2f} (0 IR · 1 VIS · 2 fused)", fontsize=10)
+            else:
+                fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.9), squeeze=False, layout='constrained')
+                draw_panels(axes[0], p, names); fig.suptitle(pairs[i].name, fontsize=10)
+            plt.show()
+
+    def draw(change=None):
+        pos.disabled = view.value != 'slider'
+        i = pick.value
+        try: render(i)
+        except Exception as e:   # shown in the widget; the image and the drop-down stay on the last pair that worked
+            why = ' '.join(str(e).split()) if isinstance(e, FusionInputError) else f"{type(e).__name__}: {' '.join(str(e).split())}"
+            status.value = f"<span style='color:#b00020'>⚠ {html.escape(pairs[i].name)}: {html.escape(why)}</span>"
+            if shown['pair'] is not None and shown['pair'] != i:
+                pick.unobserve(draw, names='value'); pick.value = shown['pair']; pick.observe(draw, names='value')
+            return
+        shown['pair'], status.value = i, ''
+
     for w in (pick, view, pos): w.observe(draw, names='value')
     draw()
-    return W.VBox([W.HBox([pick, pos]), view, out])
+    box = W.VBox([W.HBox([pick, pos]), view, status, out])
+    box.pick, box.view, box.pos, box.status = pick, view, pos, status
+    return box
+
+def open_folder(folder: Path|str,           # a folder with a pair layout (ir/ + vi/, ...), or the IR folder when `vi` is given
+                vi: Path|str|None=None,      # the VIS folder (pairs matched by file stem)
+                model: torch.nn.Module|str|Path|None=None, # a network, a shipped name or a model folder; None: `default_model()`
+                generator: torch.nn.Module|Path|str|None=None, # see `viewer`
+               ):
+    "The viewer on your own pairs: `open_folder('path/to/pairs')` or `open_folder(ir_dir, vi_dir)`."
+    pairs = find_pairs(ir_dir=folder, vi_dir=vi) if vi is not None else find_pairs(folder)
+    if isinstance(model, (str, Path)): model = SFOFusion.from_pretrained(model, arg='model')
+    return viewer(pairs, model, generator)
