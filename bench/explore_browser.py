@@ -36,7 +36,8 @@ class Lab:
         self.home = Path(tempfile.mkdtemp(prefix='sfofusion-lab-'))
 
     def __enter__(self) -> 'Lab':
-        env = dict(os.environ, JUPYTER_CONFIG_DIR=str(self.home/'config'), JUPYTER_RUNTIME_DIR=str(self.home/'runtime'),
+        env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}   # the kernel's own default (CI sets Agg)
+        env = dict(env, JUPYTER_CONFIG_DIR=str(self.home/'config'), JUPYTER_RUNTIME_DIR=str(self.home/'runtime'),
                    JUPYTERLAB_WORKSPACES_DIR=str(self.home/'workspaces'), OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'))
         news = self.home/'settings'/'@jupyterlab'/'apputils-extension'/'notification.jupyterlab-settings'
         news.parent.mkdir(parents=True); news.write_text('{"fetchNews": "false", "checkForUpdates": false}')  # no popup over the page
@@ -143,10 +144,10 @@ def _drive(drv, lab, res, names, screenshots, timeout, By, Keys, Select):
     t0 = time.perf_counter()
     drv.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells');")
     widget = lambda: drv.find_element(By.CSS_SELECTOR, '.jp-OutputArea-output .widget-vbox')
-    image = lambda: widget().find_element(By.CSS_SELECTOR, '.widget-output img').get_attribute('src')
+    image = lambda: widget().find_element(By.CSS_SELECTOR, 'img.widget-image').get_attribute('src')   # a new blob URL per image
     first = _wait('the viewer to render', image, timeout)
     res['run_all_to_viewer_s'] = time.perf_counter() - t0
-    assert first.startswith('data:image/png'), first[:40]
+    assert first.startswith(('blob:', 'data:image/png')), first[:40]
     idle = "return window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle';"
     _wait('the rest of the notebook to run', lambda: drv.execute_script(idle), timeout)   # the cells after the viewer
     def shot(name):
@@ -154,7 +155,7 @@ def _drive(drv, lab, res, names, screenshots, timeout, By, Keys, Select):
         f = screenshots/f'explore_{name}.png'
         widget().screenshot(str(f))
         from PIL import Image                                              # small enough for the repository
-        with Image.open(f) as im: im.convert('RGB').quantize(64).save(f, optimize=True)
+        with Image.open(f) as im: im.convert('RGB').quantize(256, dither=Image.Dither.NONE).save(f, optimize=True)
     shot('slider')
 
     def change(what, act) -> float:

@@ -6,12 +6,13 @@ Docs: https://github.com/sfofusion/sfofusion/explore.html.md"""
 
 # %% ../nbs/15_explore.ipynb #cd0491fe
 from __future__ import annotations
-import json
+import io, json
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+from matplotlib.figure import Figure
 
 from .core import Pair, find_pairs, load_pair, FusionInputError
 from .model import SFOFusion, build_model, shipped_models
@@ -65,7 +66,6 @@ def blend(p: dict, t: float) -> np.ndarray:
 # %% ../nbs/15_explore.ipynb #e01c8546
 def draw_panels(axes, p: dict, names) -> None:
     "Draw the panels `names` of `p` into `axes` (one each), with a colour bar where `PANEL_INFO` gives a label."
-    import matplotlib.pyplot as plt
     for ax, k in zip(axes, names):
         cmap, label = PANEL_INFO[k]
         im = ax.imshow(p[k], cmap=cmap, vmin=0, vmax=1)
@@ -109,8 +109,8 @@ def viewer(pairs: list[Pair]|Path|str, # pairs (see `core.find_pairs`) or a data
            model: torch.nn.Module|None=None, # fusion network; None: `default_model()`
            generator: torch.nn.Module|Path|str|None=None, # a `LossGenerator` or a task-oriented run folder: adds 'loss weights'
           ):
-    "An ipywidgets viewer of `pairs` fused by `model`; its controls are `.pick`, `.view`, `.pos`, and `.status` shows errors."
-    import html, ipywidgets as W, matplotlib.pyplot as plt
+    "An ipywidgets viewer of `pairs` fused by `model`; its controls are `.pick`, `.view`, `.pos`; `.status` shows errors, `.image` the PNG."
+    import html, ipywidgets as W
     if isinstance(pairs, (str, Path)): pairs = find_pairs(pairs)
     if not isinstance(pairs, list) or not pairs: raise FusionInputError(f"`pairs`: expected a folder or a non-empty list of pairs, got {pairs!r}")
     model = model or default_model()
@@ -125,20 +125,19 @@ def viewer(pairs: list[Pair]|Path|str, # pairs (see `core.find_pairs`) or a data
     view = W.ToggleButtons(options=[v for v in VIEWS if v != 'loss weights' or generator is not None], value='slider', description='view')
     pos = W.FloatSlider(value=2.0, min=0, max=2, step=0.05, description='IR → VIS → fused', readout_format='.2f',
                         style={'description_width': 'initial'}, layout=W.Layout(width='460px'))
-    status, out = W.HTML(), W.Output()
+    status, image = W.HTML(), W.Image(format='png', layout=W.Layout(width='auto'))
 
-    def render(i):
+    def render(i):   # a matplotlib Figure drawn to PNG bytes: no pyplot state, whatever the caller's backend
         p, names = get(i), VIEWS[view.value]
-        with out:
-            out.clear_output(wait=True)
-            if names is None:
-                fig, ax = plt.subplots(figsize=(7, 5.2), layout='constrained')
-                ax.imshow(blend(p, pos.value), cmap='gray', vmin=0, vmax=1); ax.axis('off')
-                ax.set_title(f"{pairs[i].name}: position {pos.value:.2f} (0 IR · 1 VIS · 2 fused)", fontsize=10)
-            else:
-                fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.9), squeeze=False, layout='constrained')
-                draw_panels(axes[0], p, names); fig.suptitle(pairs[i].name, fontsize=10)
-            plt.show()
+        if names is None:
+            fig = Figure(figsize=(7, 5.2), layout='constrained'); ax = fig.add_subplot()
+            ax.imshow(blend(p, pos.value), cmap='gray', vmin=0, vmax=1); ax.axis('off')
+            ax.set_title(f"{pairs[i].name}: position {pos.value:.2f} (0 IR · 1 VIS · 2 fused)", fontsize=10)
+        else:
+            fig = Figure(figsize=(4.6 * len(names), 3.9), layout='constrained')
+            draw_panels(fig.subplots(1, len(names), squeeze=False)[0], p, names); fig.suptitle(pairs[i].name, fontsize=10)
+        buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=90)
+        image.value = buf.getvalue()
 
     def draw(change=None):
         pos.disabled = view.value != 'slider'
@@ -154,8 +153,8 @@ def viewer(pairs: list[Pair]|Path|str, # pairs (see `core.find_pairs`) or a data
 
     for w in (pick, view, pos): w.observe(draw, names='value')
     draw()
-    box = W.VBox([W.HBox([pick, pos]), view, status, out])
-    box.pick, box.view, box.pos, box.status = pick, view, pos, status
+    box = W.VBox([W.HBox([pick, pos]), view, status, image])
+    box.pick, box.view, box.pos, box.status, box.image = pick, view, pos, status, image
     return box
 
 def open_folder(folder: Path|str,           # a folder with a pair layout (ir/ + vi/, ...), or the IR folder when `vi` is given
