@@ -76,7 +76,8 @@ def score(model) -> dict:
 
 def run_variant(name, spec, steps, out):
     torch.set_num_threads(1)
-    from sfofusion.train import train, latest_checkpoint
+    from sfofusion.engine import latest_checkpoint
+    from sfofusion.train import train
     from sfofusion.model import SFOFusion
     steps = spec.get('steps', steps)                                   # a variant may set its own length
     model, loss = {**BASE_MODEL, **spec.get('model', {})}, {**BASE_LOSS, **spec.get('loss', {})}

@@ -18,7 +18,8 @@ from sfofusion.core import atomic_write_bytes
 from sfofusion.losses import LossConfig
 from sfofusion.model import SFOFusion, SFOFusionConfig, count_parameters, weights_dir
 from sfofusion.flops import count_flops
-from sfofusion.train import latest_checkpoint, validate, read_log, plot_log
+from sfofusion.engine import latest_checkpoint, read_log, plot_log
+from sfofusion.train import validate
 
 
 def describe_data(cfg: dict) -> list[str]:

@@ -186,7 +186,7 @@ def _run_train(a) -> int:
         from sfofusion.meta import MetaConfig as Config, train_meta as run
     else:
         from sfofusion.train import TrainConfig as Config, train as run
-    from sfofusion.train import read_config_file
+    from sfofusion.engine import read_config_file
     over = {**(read_config_file(a.config) if a.config else {}), **_settings(a.set)}
     for k in ('out_dir', 'steps', 'device', 'task', 'mode'):
         if getattr(a, k, None) is not None: over[k] = getattr(a, k)

@@ -20,7 +20,8 @@ from .metrics import compute_metrics
 from .meta import MetaConfig, train_meta, Rescaled, holdout_split, MODES
 from .model import SFOFusion
 from .tasks import build_task, save_task
-from .train import lr_at, TrainConfig
+from .engine import lr_at
+from .train import TrainConfig
 
 # %% auto #0
 __all__ = ['BASELINES', 'fuse_with', 'DetectorRecipe', 'detector_batch', 'train_detector', 'ExperimentConfig', 'read_rows',

@@ -7,6 +7,7 @@ Docs: https://github.com/sfofusion/sfofusion/meta.html.md"""
 # %% ../nbs/11_meta.ipynb #7da93fa2
 from __future__ import annotations
 import dataclasses, json, math, os, time
+from functools import partial
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -21,9 +22,10 @@ from .core import FusionInputError, atomic_write_bytes, check_image, check_same_
 from .losses import FusionLoss, LossConfig, sobel_gradient, sobel_magnitude, ssim_loss
 
 # %% auto #0
-__all__ = ['MODES', 'META_FILES', 'LossGenConfig', 'LossGenerator', 'weighted_fusion_loss', 'generated_fusion_loss', 'inner_step',
-           'meta_gradient', 'BalanceConfig', 'BalanceState', 'fusion_quality', 'balance_step', 'Rescaled',
-           'holdout_split', 'MetaConfig', 'build_task_data', 'validate_task', 'train_meta', 'plot_balance']
+__all__ = ['MODES', 'META_FILES', 'HEAD_GRAD_CLIP', 'LossGenConfig', 'LossGenerator', 'weighted_fusion_loss',
+           'generated_fusion_loss', 'inner_step', 'meta_gradient', 'BalanceConfig', 'BalanceState', 'fusion_quality',
+           'balance_step', 'Rescaled', 'holdout_split', 'MetaConfig', 'build_task_data', 'validate_task', 'MetaParts',
+           'meta_step', 'balance_epoch', 'train_meta', 'plot_balance']
 
 # %% ../nbs/11_meta.ipynb #17c555aa
 @dataclass
@@ -193,10 +195,10 @@ def holdout_split(n: int, holdout: int, split_seed: int=0) -> tuple[list, list]:
     return sorted(perm[holdout:]), sorted(perm[:holdout])
 
 # %% ../nbs/11_meta.ipynb #c702f354
-from .train import (TrainConfig, lr_at, epoch_batches, save_step_checkpoint, load_checkpoint, latest_checkpoint,
-                             _setup_distributed, _autocast, _log, read_log, replica_max_diff, save_on_interrupt,
-                             RUN_FILES, open_run, trim_log, check_crop, check_keys, nested_config, initial_model, dry_run_report,
-                             check_run_args, config_field, synthetic_size)
+from .engine import (LoopState, RUN_FILES, autocast_for, check_keys, config_field, dry_run_report, log_row, lr_at,
+                              make_scaler, nested_config, optimizer_step, read_log, replica_max_diff, resume_from, run_loop,
+                              save_step_checkpoint, start_run)
+from .train import TrainConfig, check_crop, initial_model, synthetic_size
 from .data import get_dataset, FusionCrops, SyntheticPairs, collate_fusion, SYNTHETIC_CLASSES
 from .model import SFOFusion, SFOFusionConfig, build_model
 from .tasks import TASKS, DetectorConfig, SegmenterConfig, build_task, save_task, load_task
@@ -293,7 +295,74 @@ def validate_task(model: nn.Module, head: nn.Module, items: list) -> dict:
 
 # %% ../nbs/11_meta.ipynb #42b4f2c1
 META_FILES = ('task', 'loss_generator.safetensors', 'balance.png')  # what a task run writes besides `RUN_FILES`
+HEAD_GRAD_CLIP = 10.0  # the task head's gradient-norm clip (detection losses spike early; the fusion clip is cfg.grad_clip)
 
+@dataclass
+class MetaParts:
+    "What the task-oriented steps work on: the three networks, their optimisers, the loss, and the loop-3 state."
+    model: nn.Module
+    head: nn.Module
+    gen: nn.Module
+    loss_fn: nn.Module
+    opt: torch.optim.Optimizer
+    opt_task: torch.optim.Optimizer
+    opt_gen: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    balance: BalanceState
+    reference: dict          # fusion-only VIF/Qabf/SSIM on the held-out pairs
+
+def meta_step(batch: dict, step: int, cfg: MetaConfig, dev: torch.device, world: int, m: MetaParts) -> dict:
+    "One step: loop 2 (the generator learns from the task loss at the virtual step θ'), the real update of θ, the head's update."
+    ir, vis = batch['ir'].to(dev), batch['vis'].to(dev)
+    batch = {k: ([t.to(dev) for t in v] if isinstance(v, list) and v and isinstance(v[0], Tensor)
+                 else v.to(dev) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+    lr = lr_at(step, cfg)
+    for g in m.opt.param_groups: g['lr'] = lr
+    row = dict(lr=lr, lam=m.balance.lam)
+    if cfg.mode == 'meta':
+        m.head.eval()  # the head is a fixed judge during the meta-gradient (no norm-statistics updates)
+        grads, lt1 = meta_gradient(m.model, m.gen, m.loss_fn, lambda f: m.head.loss(f, batch), ir, vis,
+                                   cfg.alpha, cfg.inner_steps, cfg.first_order)
+        m.head.train()
+        for p, g in zip(m.gen.parameters(), grads): p.grad = None if g is None else g.detach()
+        _sync_grads([m.gen], world)
+        if all(torch.isfinite(p.grad).all() for p in m.gen.parameters() if p.grad is not None): m.opt_gen.step()
+        m.opt_gen.zero_grad(set_to_none=True)
+        row['task_at_virtual'] = float(lt1)
+    with autocast_for(dev, cfg.precision): fused = m.model(ir, vis).float()   # the real update: fusion loss + λ · task loss
+    if cfg.mode == 'meta':
+        with torch.no_grad(): w_int, w_grad = m.gen(ir, vis)
+        lf, parts = weighted_fusion_loss(fused, ir, vis, w_int, w_grad, m.loss_fn.config)
+    else: lf, parts = m.loss_fn(fused, ir, vis)
+    total = lf
+    if cfg.mode != 'fusion':
+        lt = m.head.loss(fused, batch)
+        total = lf + m.balance.lam * lt
+        row['task_loss'] = float(lt.detach())
+    m.opt_task.zero_grad(set_to_none=True)
+    def sync():  # the head is not updated by the fusion objective; the model's gradients are averaged over processes
+        m.opt_task.zero_grad(set_to_none=True); _sync_grads([m.model], world)
+    gnorm, stepped = optimizer_step(total, m.opt, m.scaler, list(m.model.parameters()), cfg.grad_clip, world, sync)
+    lh = m.head.loss(fused.detach(), batch)   # the head learns on the fused images (detached: no effect on θ here)
+    m.opt_task.zero_grad(set_to_none=True); lh.backward()
+    _sync_grads([m.head], world)
+    nn.utils.clip_grad_norm_(m.head.parameters(), HEAD_GRAD_CLIP)
+    if torch.isfinite(lh): m.opt_task.step()
+    return dict(row, loss=float(total.detach()), fusion_loss=float(lf.detach()), head_loss=float(lh.detach()),
+                **{k: float(v) for k, v in parts.items()}, grad_norm=float(gnorm), skipped_step=not stepped)
+
+def balance_epoch(m: MetaParts, cfg: MetaConfig, val_items: list, rank: int, world: int, out: Path, step: int) -> dict:
+    "Loop 3, after an epoch: measure fusion quality and the task on the held-out pairs, and (meta mode) rebalance λ."
+    val = validate_task(m.model, m.head, val_items) if rank == 0 else {}
+    if world > 1: obj = [val]; dist.broadcast_object_list(obj, 0); val = obj[0]
+    q = fusion_quality(val, m.reference)
+    if cfg.mode == 'meta': m.balance = balance_step(m.balance, q, val['task'], BalanceConfig(**cfg.balance))
+    else: m.balance = BalanceState(m.balance.lam, max(m.balance.best_task, val['task']),
+                                   m.balance.history + [dict(lam=m.balance.lam, quality=q, task=val['task'])])
+    if rank == 0: log_row(out/'log.jsonl', dict(step=step, epoch_end=True, quality=q, lam=m.balance.lam, **{f'val/{k}': v for k, v in val.items()}))
+    return val
+
+# %% ../nbs/11_meta.ipynb #a4ba00fd
 def train_meta(cfg: MetaConfig,            # the run's configuration
                resume: bool=False,         # continue the run in `cfg.out_dir` from its latest checkpoint
                stop_after: int|None=None,  # stop (with a checkpoint) after this global step
@@ -301,143 +370,46 @@ def train_meta(cfg: MetaConfig,            # the run's configuration
                dry_run: bool=False,        # check config, data, device, networks and run folder, then stop: nothing is written
               ) -> dict:                   # step, losses, λ, last validation, seconds per step
     "Train the fusion network with task feedback: fusion-only, direct task loss, or the full three loops."
-    if not isinstance(cfg, MetaConfig):
-        raise FusionInputError(f"`cfg`: expected a MetaConfig (MetaConfig(**fields) or MetaConfig.load(path)), got {type(cfg).__name__}")
-    check_run_args(resume, overwrite, dry_run, stop_after)
-    cfg = dataclasses.replace(cfg)       # checks every field again (a config may have been changed after it was made)
-    rank, world, dev = _setup_distributed(cfg)
-    out = Path(cfg.out_dir)
-    check_writable(out, 'out_dir')
-    start = open_run(out, cfg.to_dict(), asdict(type(cfg)()), resume, overwrite, RUN_FILES + META_FILES, dry=dry_run) if rank == 0 else None
-    if world > 1: obj = [start]; dist.broadcast_object_list(obj, 0); start = obj[0]
-    if start.finished is not None:
-        if rank == 0: print(f"{out} holds a finished run ({start.finished.get('step')} steps): nothing to do")
-        return start.finished
+    run = start_run(cfg, MetaConfig, resume, overwrite, dry_run, stop_after, RUN_FILES + META_FILES)
+    if run.start.finished is not None: return run.start.finished
+    cfg, out, dev = run.cfg, run.out, run.dev
     ds, val_items = build_task_data(cfg)         # bad data fails here, before the folder is touched
     torch.manual_seed(cfg.seed)
-    model = initial_model(cfg).to(dev)
-    model.train()
+    model = initial_model(cfg).to(dev); model.train()
     with config_field('init_task' if cfg.init_task else 'task_cfg'):
         head = (load_task(cfg.init_task) if cfg.init_task else build_task(cfg.task, **_task_kwargs(cfg))).to(dev)
     head.train()
     if head.kind != cfg.task: raise FusionInputError(f"`init_task`: expected a {cfg.task} head, got a {head.kind} head from {cfg.init_task}")
-    if dry_run: return dry_run_report(start, out, len(ds), dev)
-    if rank == 0: out.mkdir(parents=True, exist_ok=True)
+    if dry_run: return dry_run_report(run.start, out, len(ds), dev)
+    if run.rank == 0: out.mkdir(parents=True, exist_ok=True)
     gen = LossGenerator(LossGenConfig(**cfg.gen)).to(dev)
-    loss_fn = FusionLoss(LossConfig(**cfg.loss)).to(dev)
-    bcfg = BalanceConfig(**cfg.balance)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    opt_task = torch.optim.AdamW(head.parameters(), lr=cfg.task_lr, weight_decay=1e-4)
-    opt_gen = torch.optim.Adam(gen.parameters(), lr=cfg.gen_lr)
-    mods, opts = dict(model=model, task=head, gen=gen), dict(model=opt, task=opt_task, gen=opt_gen)
-    n_per_epoch = len(ds) // (cfg.batch_size * world)
-    if n_per_epoch == 0: epoch_batches(len(ds), cfg.batch_size, 0, cfg.seed, rank, world)  # raises clearly
-    spe = cfg.steps_per_epoch or n_per_epoch
-    state, step, skipped, ref = BalanceState(lam=bcfg.lam), 0, 0, dict(cfg.reference_metrics)
-    if (ck := start.checkpoint) is not None:
-        meta = load_checkpoint(ck, mods, opts)
-        step, skipped, ref = meta['step'], meta['skipped'], meta['reference']
-        state = BalanceState(**meta['balance'])
-        if rank == 0: trim_log(out/'log.jsonl', step); print(f"resumed from {ck} at step {step}")
-    elif rank == 0 and (out/'log.jsonl').exists(): (out/'log.jsonl').unlink()
-    if not ref and val_items and rank == 0:  # fusion-only reference: the initial network (a fusion-only model when init_weights is set)
-        ref = {k: v for k, v in validate_task(model, head, val_items).items() if k in ('VIF', 'Qabf', 'SSIM')}
-    if world > 1:  # every process needs the reference for the balance rule
-        obj = [ref]; dist.broadcast_object_list(obj, 0); ref = obj[0]
-    if rank == 0: atomic_write_bytes(out/'config.json', json.dumps(cfg.to_dict(), indent=1).encode())
+    m = MetaParts(model, head, gen, FusionLoss(LossConfig(**cfg.loss)).to(dev),
+                  torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+                  torch.optim.AdamW(head.parameters(), lr=cfg.task_lr, weight_decay=1e-4), torch.optim.Adam(gen.parameters(), lr=cfg.gen_lr),
+                  make_scaler(cfg, dev), BalanceState(lam=BalanceConfig(**cfg.balance).lam), dict(cfg.reference_metrics))
+    mods, opts = dict(model=model, task=head, gen=gen), dict(model=m.opt, task=m.opt_task, gen=m.opt_gen)
+    meta = resume_from(run, mods, opts)
+    state = LoopState(meta.get('step', 0), meta.get('skipped', 0))
+    if meta: m.reference, m.balance = meta['reference'], BalanceState(**meta['balance'])
+    if not m.reference and val_items and run.rank == 0:  # fusion-only reference: the initial network (a fusion-only model with init_weights)
+        m.reference = {k: v for k, v in validate_task(model, head, val_items).items() if k in ('VIF', 'Qabf', 'SSIM')}
+    if run.world > 1: obj = [m.reference]; dist.broadcast_object_list(obj, 0); m.reference = obj[0]  # every process balances
+    if run.rank == 0: atomic_write_bytes(out/'config.json', json.dumps(cfg.to_dict(), indent=1).encode())
+    spe, val = cfg.steps_per_epoch or len(ds) // (cfg.batch_size * run.world), {}
 
     def checkpoint(s):
-        if rank == 0: save_step_checkpoint(out, s, mods, opts, dict(skipped=skipped, reference=ref, balance=asdict(state),
-                                                                      config=cfg.to_dict()), cfg.keep_ckpts)
+        if run.rank == 0: save_step_checkpoint(out, s, mods, opts, dict(skipped=state.skipped, reference=m.reference,
+                                                                       balance=asdict(m.balance), config=cfg.to_dict()), cfg.keep_ckpts)
+    def after_step(s):
+        if val_items and spe and (s % spe == 0 or s == cfg.steps): val.update(balance_epoch(m, cfg, val_items, run.rank, run.world, out, s))
 
-    bar = None
-    if rank == 0 and cfg.progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.steps, initial=step, desc=f'train[{cfg.mode}]', dynamic_ncols=True)
-    t0, t_steps, n_timed, last, val = time.perf_counter(), 0.0, 0, {}, {}
-    try:
-        while step < cfg.steps and (stop_after is None or step < stop_after):
-            epoch, offset = divmod(step, n_per_epoch)
-            ds.set_epoch(epoch)
-            batches = epoch_batches(len(ds), cfg.batch_size, epoch, cfg.seed, rank, world)[offset:]
-            loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=cfg.num_workers,
-                                                 collate_fn=collate_fusion, pin_memory=dev.type == 'cuda')
-            for batch in loader:
-                if step >= cfg.steps or (stop_after is not None and step >= stop_after): break
-                ts = time.perf_counter()
-                ir, vis = batch['ir'].to(dev), batch['vis'].to(dev)
-                batch = {k: ([t.to(dev) for t in v] if isinstance(v, list) and v and isinstance(v[0], Tensor)
-                             else v.to(dev) if isinstance(v, Tensor) else v) for k, v in batch.items()}
-                lr = lr_at(step, cfg)
-                for g in opt.param_groups: g['lr'] = lr
-                row = dict(step=step + 1, lr=lr, lam=state.lam)
-                # loop 2 (outer): the generator learns from the task loss at the virtual step θ' (loop 1)
-                if cfg.mode == 'meta':
-                    head.eval()  # the head is a fixed judge during the meta-gradient (no norm-statistics updates)
-                    grads, lt1 = meta_gradient(model, gen, loss_fn, lambda f: head.loss(f, batch), ir, vis,
-                                               cfg.alpha, cfg.inner_steps, cfg.first_order)
-                    head.train()
-                    for p, g in zip(gen.parameters(), grads): p.grad = None if g is None else g.detach()
-                    _sync_grads([gen], world)
-                    if all(torch.isfinite(p.grad).all() for p in gen.parameters() if p.grad is not None): opt_gen.step()
-                    opt_gen.zero_grad(set_to_none=True)
-                    row['task_at_virtual'] = float(lt1)
-                # the real update of θ: (generated or hand-made) fusion loss + λ · task loss
-                with _autocast(dev, cfg.precision):
-                    fused = model(ir, vis)
-                fused = fused.float()
-                if cfg.mode == 'meta':
-                    with torch.no_grad(): w_int, w_grad = gen(ir, vis)
-                    lf, parts = weighted_fusion_loss(fused, ir, vis, w_int, w_grad, loss_fn.config)
-                else: lf, parts = loss_fn(fused, ir, vis)
-                total = lf
-                if cfg.mode != 'fusion':
-                    lt = head.loss(fused, batch)
-                    total = lf + state.lam * lt
-                    row['task_loss'] = float(lt.detach())
-                opt.zero_grad(set_to_none=True); opt_task.zero_grad(set_to_none=True)
-                total.backward()
-                opt_task.zero_grad(set_to_none=True)   # the head is not updated by the fusion objective
-                _sync_grads([model], world)
-                gnorm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float('inf'))
-                bad = torch.tensor(float(not (torch.isfinite(total) and torch.isfinite(gnorm))), device=dev)
-                if world > 1: dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-                if bad.item(): skipped += 1; opt.zero_grad(set_to_none=True)
-                else: opt.step()
-                # the task head learns on the fused images (detached: its loss does not move the fusion network here)
-                lh = head.loss(fused.detach(), batch)
-                opt_task.zero_grad(set_to_none=True); lh.backward()
-                _sync_grads([head], world)
-                nn.utils.clip_grad_norm_(head.parameters(), 10.0)
-                if torch.isfinite(lh): opt_task.step()
-                step += 1; n_timed += 1
-                t_steps += time.perf_counter() - ts
-                row.update(loss=float(total.detach()), fusion_loss=float(lf.detach()), head_loss=float(lh.detach()),
-                           **{k: float(v) for k, v in parts.items()}, skipped=skipped, s_per_step=t_steps / n_timed)
-                if rank == 0:
-                    if step % cfg.log_every == 0: _log(out/'log.jsonl', row)
-                    if bar is not None: bar.update(1); bar.set_postfix(loss=f"{row['loss']:.4f}", lam=f"{state.lam:.3g}")
-                last = row
-                # loop 3: after each epoch, measure and rebalance λ
-                if step % spe == 0 or step == cfg.steps:
-                    if val_items:
-                        val = validate_task(model, head, val_items) if rank == 0 else {}
-                        if world > 1:
-                            obj = [val]; dist.broadcast_object_list(obj, 0); val = obj[0]
-                        q = fusion_quality(val, ref)
-                        if cfg.mode == 'meta': state = balance_step(state, q, val['task'], bcfg)
-                        else: state = BalanceState(state.lam, max(state.best_task, val['task']), state.history + [dict(lam=state.lam, quality=q, task=val['task'])])
-                        if rank == 0: _log(out/'log.jsonl', dict(step=step, epoch_end=True, quality=q, lam=state.lam, **{f'val/{k}': v for k, v in val.items()}))
-                if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps: checkpoint(step)
-    except KeyboardInterrupt:
-        save_on_interrupt(checkpoint, step, world, bar)
-        raise
-    if bar is not None: bar.close()
-    checkpoint(step)
-    res = dict(step=step, mode=cfg.mode, loss=last.get('loss'), lam=state.lam, skipped=skipped, val=val,
-               reference=ref, s_per_step=last.get('s_per_step'), seconds=time.perf_counter() - t0)
-    if world > 1: res['replica_max_diff'] = replica_max_diff(model, head, gen)
-    if rank == 0 and step >= cfg.steps:
+    t0 = time.perf_counter()
+    run_loop(ds, cfg, run, state, partial(meta_step, cfg=cfg, dev=dev, world=run.world, m=m), checkpoint, collate_fusion,
+             after_step, stop_after, desc=f'train[{cfg.mode}]')
+    res = dict(step=state.step, mode=cfg.mode, loss=state.row.get('loss'), lam=m.balance.lam, skipped=state.skipped, val=dict(val),
+               reference=m.reference, s_per_step=state.row.get('s_per_step'), seconds=time.perf_counter() - t0)
+    if run.world > 1: res['replica_max_diff'] = replica_max_diff(model, head, gen)
+    if run.rank == 0 and state.step >= cfg.steps:
         model.save_pretrained(out/'final')
         save_task(head, out/'task')
         if cfg.mode == 'meta':
@@ -445,23 +417,22 @@ def train_meta(cfg: MetaConfig,            # the run's configuration
             save_file({k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}, str(out/'loss_generator.safetensors'))
         plot_balance(out/'log.jsonl', out/'balance.png')
         atomic_write_bytes(out/'result.json', json.dumps(res, indent=1).encode())
-    if world > 1: dist.barrier()
+    if run.world > 1: dist.barrier()
     return res
+
 
 # %% ../nbs/11_meta.ipynb #e9570c36
 def plot_balance(log: Path|str, out: Path|str) -> Path|None:
     "Figure of λ, fusion quality and task score per epoch from a meta-training log (None if no epoch was logged)."
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     rows = [r for r in read_log(log) if r.get('epoch_end')]
     if not rows: return None
-    fig, ax = plt.subplots(1, 3, figsize=(11, 3))
+    fig = Figure(figsize=(11, 3), layout='constrained'); ax = fig.subplots(1, 3)
     st = [r['step'] for r in rows]
     ax[0].plot(st, [r['lam'] for r in rows], marker='o'); ax[0].set_title('λ (task weight)'); ax[0].set_yscale('log')
     ax[1].plot(st, [r['quality'] for r in rows], marker='o'); ax[1].set_title('fusion quality (ratio to fusion-only)')
     ax[2].plot(st, [r['val/task'] for r in rows], marker='o'); ax[2].set_title('task score (val)')
     for a in ax: a.set_xlabel('step')
-    fig.tight_layout()
-    out = Path(out); tmp = out.with_name(f'.{out.name}.tmp.png'); fig.savefig(tmp, dpi=80); plt.close(fig)
+    out = Path(out); tmp = out.with_name(f'.{out.name}.tmp.png'); fig.savefig(tmp, dpi=80)
     os.replace(tmp, out)
     return out

@@ -6,30 +6,29 @@ Docs: https://github.com/sfofusion/sfofusion/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #588d4365
 from __future__ import annotations
-import contextlib, dataclasses, json, math, os, time, warnings
+import dataclasses, json, math, time
+from functools import partial
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 import numpy as np
-import yaml
 import torch
-import torch.distributed as dist
 from torch import nn, Tensor
-from safetensors.torch import save_file, load_file
 
-from .core import FusionInputError, atomic_write_bytes, find_pairs, load_pair, load_gray255, resolve_device, to_uint8, check_writable, check_flag
+from .core import FusionInputError, atomic_write_bytes, find_pairs, load_pair, load_gray255, to_uint8
+from .engine import (
+    LoopState, autocast_for, check_keys, coerce_value, config_field, dry_run_report, epoch_batches, is_int, is_num,
+    field_default, log_row, lr_at, make_scaler, nested_config, optimizer_step, plot_log, read_config_file, replica_max_diff,
+    require, resume_from, run_loop, save_step_checkpoint, start_run, type_ok)
 from .model import SFOFusion, SFOFusionConfig, build_model
 from .losses import FusionLoss, LossConfig
 from .data import DATASETS, get_dataset, FusionCrops, SyntheticPairs, collate_fusion
 from .metrics import compute_metrics
 
 # %% auto #0
-__all__ = ['MAX_CROP', 'MAX_SYNTHETIC', 'VAL_METRICS', 'RUN_FILES', 'RESUME_FREE', 'TrainConfig', 'read_config_file',
-           'check_keys', 'nested_config', 'check_train_config', 'lr_at', 'read_names', 'synthetic_size', 'config_field',
-           'check_val_data', 'check_crop', 'build_train_dataset', 'collate_pairs', 'epoch_batches', 'save_checkpoint',
-           'load_checkpoint', 'save_step_checkpoint', 'checkpoint_problem', 'usable_checkpoint', 'latest_checkpoint',
-           'validate', 'RunStart', 'dry_run_report', 'open_run', 'trim_log', 'initial_model', 'replica_max_diff',
-           'save_on_interrupt', 'check_run_args', 'train', 'read_log', 'plot_log']
+__all__ = ['MAX_CROP', 'MAX_SYNTHETIC', 'VAL_METRICS', 'TrainConfig', 'check_train_config', 'read_names', 'synthetic_size',
+           'check_val_data', 'check_crop', 'build_train_dataset', 'collate_pairs', 'validate', 'initial_model',
+           'fusion_step', 'train']
 
 # %% ../nbs/07_train.ipynb #88bb8162
 @dataclass
@@ -78,109 +77,35 @@ class TrainConfig:
         new = {}
         for k, v in kw.items():
             if k not in names: raise FusionInputError(f"unknown config field {k!r}; valid fields: {', '.join(names)}")
-            new[k] = _coerce(v, getattr(self, k), k)
+            new[k] = coerce_value(v, getattr(self, k), k)
         return dataclasses.replace(self, **new)
 
     def to_dict(self) -> dict: return asdict(self)
 
-def read_config_file(path: Path|str) -> dict:
-    "The mapping of config fields in a YAML (.yaml/.yml) or JSON file, with a one-line error for anything else."
-    path = Path(path)
-    if path.is_dir(): raise FusionInputError(f"`config`: {path} is a folder; expected a .yaml, .yml or .json file")
-    if not path.is_file(): raise FusionInputError(f"`config`: {path} not found")
-    txt = path.read_text(errors='replace')
-    if path.suffix.lower() in ('.yaml', '.yml'):
-        try: d = yaml.safe_load(txt)
-        except yaml.YAMLError as e:
-            where = f" at line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}" if getattr(e, 'problem_mark', None) else ''
-            raise FusionInputError(f"`config`: {path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
-    elif path.suffix.lower() == '.json':
-        try: d = json.loads(txt)
-        except json.JSONDecodeError as e: raise FusionInputError(f"`config`: {path} is not valid JSON ({e})") from None
-    else: raise FusionInputError(f"`config`: expected a .yaml, .yml or .json file, got {path.name}")
-    if d is None: raise FusionInputError(f"`config`: {path} is empty; expected a mapping of config fields (key: value)")
-    if not isinstance(d, dict): raise FusionInputError(f"`config`: {path} must hold a mapping of config fields (key: value), got {type(d).__name__} {str(d)[:40]}")
-    return d
-
-def _coerce(v, like, name):
-    "Convert `v` (often a command-line string) to the type of the current value `like`."
-    if not isinstance(v, str) or isinstance(like, str): return v
-    try:
-        if isinstance(like, bool): return {'true': True, '1': True, 'yes': True, 'false': False, '0': False, 'no': False}[v.lower()]
-        if isinstance(like, int): return int(v)
-        if isinstance(like, float): return float(v)
-        if isinstance(like, list) and not v.lstrip().startswith('['):   # a,b,c (so '@file' and 'msrs:/x' need no quoting)
-            return [s.strip() for s in v.split(',') if s.strip()]
-        if isinstance(like, (list, dict)): return yaml.safe_load(v)
-    except (KeyError, ValueError, yaml.YAMLError) as e:
-        kind = {bool: 'true or false', int: 'an integer', float: 'a number', list: 'a list (YAML)', dict: 'a mapping (YAML)'}[type(like)]
-        raise FusionInputError(f"config field `{name}`: cannot read {v!r} as {kind}") from None
-    return v
-
 
 # %% ../nbs/07_train.ipynb #383f28eb
-def check_keys(cls: type, d, name: str) -> None:
-    "Raise unless `d` is a mapping whose keys are all fields of the dataclass `cls` (the message lists the valid ones)."
-    if not isinstance(d, dict): raise FusionInputError(f"config field `{name}`: expected a mapping of {cls.__name__} fields, got {d!r}")
-    valid = [f.name for f in dataclasses.fields(cls)]
-    bad = sorted(set(d) - set(valid), key=str)
-    if bad: raise FusionInputError(f"config field `{name}`: unknown key(s) {', '.join(map(str, bad))}; valid keys: {', '.join(valid)}")
-
-def _type_ok(v, like) -> bool:
-    "Is `v` of the kind of the default `like` (ints for ints, numbers for floats, and so on)?"
-    if isinstance(like, bool): return isinstance(v, bool)
-    if isinstance(like, int): return _is_int(v)
-    if isinstance(like, float): return _is_num(v)
-    if isinstance(like, str): return isinstance(v, str)
-    if isinstance(like, (list, tuple)): return isinstance(v, (list, tuple))
-    if isinstance(like, dict): return isinstance(v, dict)
-    return True                                        # None or other defaults: the class checks them
-
-def _default(f: dataclasses.Field):
-    return f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-
-def nested_config(cls: type, # the config dataclass the dict overrides (e.g. `LossConfig`)
-                  d: dict,   # overrides of its fields
-                  name: str, # the field holding `d`, for the message
-                  base: dict|None=None, # values to start from (e.g. a loaded model's config)
-                 ):
-    "`cls(**base, **d)`, with unknown keys, wrong types and the class's own checks as one-line `FusionInputError`s."
-    check_keys(cls, d, name)
-    for f in dataclasses.fields(cls):
-        if f.name in d and not _type_ok(d[f.name], _default(f)):
-            raise FusionInputError(f"config field `{name}`: {f.name} expected {type(_default(f)).__name__}, got {d[f.name]!r}")
-    try: return cls(**{**(base or {}), **d})
-    except FusionInputError as e: raise FusionInputError(f"config field `{name}`: {e}") from None
-    except (TypeError, ValueError) as e: raise FusionInputError(f"config field `{name}`: a value has the wrong type ({e})") from None
-
-def _need(cfg, name: str, ok: bool, expected: str) -> None:
-    if not ok: raise FusionInputError(f"config field `{name}`: expected {expected}, got {getattr(cfg, name)!r}")
-
-def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
-def _is_num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
 MAX_CROP = 4096  # training crops are square tiles of real images; beyond this a batch no longer fits any GPU
 
 def check_train_config(cfg: 'TrainConfig') -> None:
     "Raise `FusionInputError` naming the first field of `cfg` with a wrong type or value (nested dicts included)."
     for f in dataclasses.fields(cfg):
-        v, like = getattr(cfg, f.name), _default(f)
-        if isinstance(like, bool): _need(cfg, f.name, isinstance(v, bool), 'true or false')
-        elif isinstance(like, int): _need(cfg, f.name, _is_int(v), 'an integer')
-        elif isinstance(like, float): _need(cfg, f.name, _is_num(v), 'a finite number')
-        elif isinstance(like, str): _need(cfg, f.name, isinstance(v, str), 'a string')
-        elif isinstance(like, list): _need(cfg, f.name, isinstance(v, list) and all(isinstance(x, str) for x in v), 'a list of strings')
-        elif isinstance(like, dict): _need(cfg, f.name, isinstance(v, dict), 'a mapping (key: value)')
-    for name in ('crop',): _need(cfg, name, getattr(cfg, name) >= 16, 'an integer >= 16 (pixels)')
+        v, like = getattr(cfg, f.name), field_default(f)
+        if isinstance(like, bool): require(cfg, f.name, isinstance(v, bool), 'true or false')
+        elif isinstance(like, int): require(cfg, f.name, is_int(v), 'an integer')
+        elif isinstance(like, float): require(cfg, f.name, is_num(v), 'a finite number')
+        elif isinstance(like, str): require(cfg, f.name, isinstance(v, str), 'a string')
+        elif isinstance(like, list): require(cfg, f.name, isinstance(v, list) and all(isinstance(x, str) for x in v), 'a list of strings')
+        elif isinstance(like, dict): require(cfg, f.name, isinstance(v, dict), 'a mapping (key: value)')
+    for name in ('crop',): require(cfg, name, getattr(cfg, name) >= 16, 'an integer >= 16 (pixels)')
     for name in ('batch_size', 'steps', 'val_max_pairs', 'synthetic_pairs', 'keep_ckpts', 'log_every'):
-        _need(cfg, name, getattr(cfg, name) >= 1, 'an integer >= 1')
-    for name in ('warmup_steps', 'num_workers', 'ckpt_every', 'val_every', 'seed'): _need(cfg, name, getattr(cfg, name) >= 0, 'an integer >= 0')
-    for name in ('lr', 'weight_decay', 'grad_clip'): _need(cfg, name, getattr(cfg, name) >= 0, 'a number >= 0')
-    _need(cfg, 'min_lr_ratio', 0 <= cfg.min_lr_ratio <= 1, 'a number in [0, 1]')
-    _need(cfg, 'precision', cfg.precision in ('fp32', 'bf16', 'fp16'), "'fp32', 'bf16' or 'fp16'")
-    _need(cfg, 'data', len(cfg.data) > 0, "at least one entry ('synthetic' or 'NAME:ROOT')")
-    _need(cfg, 'out_dir', bool(cfg.out_dir.strip()), 'a folder path')
-    _need(cfg, 'crop', cfg.crop <= MAX_CROP, f'an integer <= {MAX_CROP} (pixels)')
+        require(cfg, name, getattr(cfg, name) >= 1, 'an integer >= 1')
+    for name in ('warmup_steps', 'num_workers', 'ckpt_every', 'val_every', 'seed'): require(cfg, name, getattr(cfg, name) >= 0, 'an integer >= 0')
+    for name in ('lr', 'weight_decay', 'grad_clip'): require(cfg, name, getattr(cfg, name) >= 0, 'a number >= 0')
+    require(cfg, 'min_lr_ratio', 0 <= cfg.min_lr_ratio <= 1, 'a number in [0, 1]')
+    require(cfg, 'precision', cfg.precision in ('fp32', 'bf16', 'fp16'), "'fp32', 'bf16' or 'fp16'")
+    require(cfg, 'data', len(cfg.data) > 0, "at least one entry ('synthetic' or 'NAME:ROOT')")
+    require(cfg, 'out_dir', bool(cfg.out_dir.strip()), 'a folder path')
+    require(cfg, 'crop', cfg.crop <= MAX_CROP, f'an integer <= {MAX_CROP} (pixels)')
     for spec in cfg.data:
         name = spec.split(':', 1)[0].lower()
         if spec != 'synthetic' and (':' not in spec or name not in DATASETS):
@@ -188,14 +113,6 @@ def check_train_config(cfg: 'TrainConfig') -> None:
     nested_config(LossConfig, cfg.loss, 'loss')
     if cfg.init_weights: check_keys(SFOFusionConfig, cfg.model, 'model')  # values: once the loaded model's config is known
     else: nested_config(SFOFusionConfig, cfg.model, 'model')
-
-# %% ../nbs/07_train.ipynb #4647a461
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    "Learning rate for optimisation step `step` (0-based): linear warm-up then cosine decay."
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps: return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    t = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 # %% ../nbs/07_train.ipynb #f97d5a63
 def read_names(items: list|str, # pair names, or '@FILE' entries naming a text file of names (one a line, '#' comments)
@@ -224,13 +141,6 @@ def synthetic_size(crop: int) -> int:
     "The synthetic pairs' side for `crop`, refusing sizes that would not fit in memory."
     if crop > MAX_SYNTHETIC: raise FusionInputError(f"config field `crop`: synthetic pairs are at most {MAX_SYNTHETIC} px, got crop {crop}; use real data for larger crops")
     return crop
-
-@contextlib.contextmanager
-def config_field(name: str, value=None):
-    "Prefix the `FusionInputError`s raised inside with the config field (and entry) they come from."
-    try: yield
-    except FusionInputError as e:
-        raise FusionInputError(f"config field `{name}`{f' ({value})' if value is not None else ''}: {e}") from None
 
 def check_val_data(cfg: 'TrainConfig') -> None:
     "Read the validation pairs a run will score, so that a wrong `val_data` stops it before training, not after."
@@ -287,121 +197,6 @@ def collate_pairs(batch: list[dict]) -> dict:
     "Stack the `ir` and `vis` crops of a batch (other keys, which differ between datasets, are dropped)."
     return collate_fusion([{k: it[k] for k in ('ir', 'vis')} for it in batch])
 
-def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int=0, world: int=1) -> list[list[int]]:
-    "This process's batches of dataset indices for `epoch`: a seeded permutation, strided by rank, last batch dropped."
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=g).tolist()
-    per_step = batch_size * world
-    steps = n // per_step
-    if steps == 0: raise FusionInputError(f"dataset of {n} samples is smaller than one global batch ({batch_size} x {world} processes)")
-    return [perm[s * per_step + rank: (s + 1) * per_step: world] for s in range(steps)]
-
-# %% ../nbs/07_train.ipynb #f1aeacdc
-def _opt_to_flat(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict]:
-    "Optimizer state as (flat tensor dict with keys `prefix.i.name`, JSON-able dict)."
-    sd = opt.state_dict()
-    tensors = {f"{prefix}.{i}.{k}": v.detach().cpu().contiguous() for i, st in sd['state'].items() for k, v in st.items() if isinstance(v, Tensor)}
-    scalars = {f"{i}.{k}": v for i, st in sd['state'].items() for k, v in st.items() if not isinstance(v, Tensor)}
-    return tensors, dict(param_groups=sd['param_groups'], scalars=scalars)
-
-def _opt_from_flat(opt: torch.optim.Optimizer, tensors: dict, meta: dict, prefix: str) -> None:
-    "Restore optimizer state saved by `_opt_to_flat`."
-    state = {}
-    for k, v in tensors.items():
-        if not k.startswith(prefix + '.'): continue
-        i, name = k[len(prefix) + 1:].split('.', 1)
-        state.setdefault(int(i), {})[name] = v
-    for k, v in meta['scalars'].items():
-        i, name = k.split('.', 1)
-        state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict(dict(state=state, param_groups=meta['param_groups']))
-
-def _as_dict(x, name): return x if isinstance(x, dict) else ({name: x} if x is not None else {})
-
-def save_checkpoint(folder: Path|str,  # checkpoint folder to create (replaced if it exists)
-                    modules,           # nn.Module (saved as `model`) or {name: nn.Module}
-                    optimizers,        # Optimizer (for `model`) or {name: Optimizer}
-                    step: int,         # global step
-                    extra: dict|None=None, # JSON-able run state (counters, config, balance state, ...)
-                   ) -> Path:
-    "Write a complete checkpoint folder atomically (temp folder + rename)."
-    import shutil
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    if tmp.exists(): shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for name, m in _as_dict(modules, 'model').items():
-        save_file({k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}, str(tmp/f'{name}.safetensors'))
-        if name == 'model' and isinstance(m, SFOFusion):  # with its config.json the folder loads like a saved model
-            (tmp/'config.json').write_text(json.dumps(asdict(m.config), indent=2))
-    tensors, metas = {}, {}
-    for name, o in _as_dict(optimizers, 'model').items():
-        t, metas[name] = _opt_to_flat(o, f'opt.{name}')
-        tensors.update(t)
-    tensors['rng.torch'] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized(): tensors['rng.cuda'] = torch.cuda.get_rng_state()
-    save_file(tensors, str(tmp/'state.safetensors'))
-    (tmp/'state.json').write_text(json.dumps(dict(step=step, optimizers=metas, **(extra or {})), indent=1))
-    umask = os.umask(0); os.umask(umask)
-    for f in tmp.iterdir(): f.chmod(0o666 & ~umask)   # safetensors writes 0600 files; others must be able to resume or load
-    if folder.exists(): shutil.rmtree(folder)
-    os.replace(tmp, folder)
-    return folder
-
-def load_checkpoint(folder: Path|str, modules, optimizers=None) -> dict:
-    "Restore networks (and optimizers, RNG) from a checkpoint folder; returns its JSON state."
-    folder = Path(folder)
-    if not (folder/'state.json').is_file(): raise FusionInputError(f"`checkpoint`: {folder} is not a complete checkpoint folder")
-    meta = json.loads((folder/'state.json').read_text())
-    mods = _as_dict(modules, 'model')
-    for name, m in mods.items():
-        f = folder/f'{name}.safetensors'
-        if not f.is_file(): raise FusionInputError(f"`checkpoint`: {folder} has no weights for {name!r} ({f.name} missing)")
-        m.load_state_dict(load_file(str(f), device=str(next(m.parameters()).device)))
-    tensors = load_file(str(folder/'state.safetensors'))
-    for name, o in _as_dict(optimizers, 'model').items():
-        dev = next(mods[name].parameters()).device if name in mods else torch.device('cpu')
-        _opt_from_flat(o, {k: (v if k.endswith('.step') else v.to(dev)) for k, v in tensors.items()}, meta['optimizers'][name], f'opt.{name}')
-    torch.set_rng_state(tensors['rng.torch'])
-    if 'rng.cuda' in tensors and torch.cuda.is_available(): torch.cuda.set_rng_state(tensors['rng.cuda'])
-    return meta
-
-def save_step_checkpoint(out_dir: Path|str, step: int, modules, optimizers, extra: dict|None=None, keep: int=2) -> Path:
-    "Checkpoint `out_dir/checkpoints/step_NNNNNNNN` and delete all but the newest `keep` step checkpoints."
-    import shutil
-    d = Path(out_dir)/'checkpoints'
-    folder = save_checkpoint(d/f'step_{step:08d}', modules, optimizers, step, extra)
-    for old in sorted(d.glob('step_*[0-9]'))[:-max(1, keep)]: shutil.rmtree(old)
-    return folder
-
-def checkpoint_problem(folder: Path) -> str|None:
-    "Why the checkpoint `folder` cannot be loaded (missing or damaged files), or None when it is complete."
-    from safetensors import SafetensorError, safe_open
-    if not (folder/'state.json').is_file(): return 'no state.json'
-    try: json.loads((folder/'state.json').read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: return f"state.json is damaged ({e})"
-    files = sorted(folder.glob('*.safetensors'))
-    if not any(f.name == 'state.safetensors' for f in files): return 'no state.safetensors'
-    for f in files:
-        try:
-            with safe_open(str(f), 'pt') as h: h.keys()
-        except (SafetensorError, OSError, ValueError) as e: return f"{f.name} is damaged ({e})"
-    return None
-
-def usable_checkpoint(out_dir: Path|str) -> Path|None:
-    "The newest complete checkpoint in `out_dir/checkpoints` (damaged newer ones are reported and passed over), or None."
-    d = Path(out_dir)/'checkpoints'
-    for ck in sorted(d.glob('step_*[0-9]'), reverse=True) if d.is_dir() else []:
-        why = checkpoint_problem(ck)
-        if why is None: return ck
-        warnings.warn(f"checkpoint {ck} cannot be used ({why}); trying the one before it", stacklevel=2)
-    return None
-
-def latest_checkpoint(out_dir: Path|str) -> Path|None:
-    "The checkpoint folder with the highest step in `out_dir/checkpoints`, or None."
-    d = Path(out_dir)/'checkpoints'
-    cands = sorted(d.glob('step_*[0-9]')) if d.is_dir() else []
-    return cands[-1] if cands else None
 
 # %% ../nbs/07_train.ipynb #256cd5df
 VAL_METRICS = ('EN', 'SD', 'SF', 'AG', 'MI', 'SCD', 'VIF', 'Qabf', 'SSIM')
@@ -430,93 +225,6 @@ def validate(model: nn.Module, folder: Path|str, max_pairs: int|None=8, metrics=
     model.train(was_training)
     return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]} if rows else {}
 
-# %% ../nbs/07_train.ipynb #143551ac
-RUN_FILES = ('config.json', 'log.jsonl', 'checkpoints', 'final', 'loss.png', 'result.json')  # what a fusion run writes
-RESUME_FREE = ('out_dir', 'device', 'num_workers', 'progress', 'log_every', 'ckpt_every', 'keep_ckpts', 'val_every',
-               'val_data', 'val_max_pairs')  # validation reads the weights, never changes them
-
-@dataclass
-class RunStart:
-    "Where a run starts: the checkpoint to resume from (None: step 0), or the result of a run that already finished."
-    checkpoint: Path|None = None
-    finished: dict|None = None
-
-    @property
-    def step(self) -> int:
-        "The step the run continues from."
-        return json.loads((self.checkpoint/'state.json').read_text())['step'] if self.checkpoint else 0
-
-def dry_run_report(start: RunStart, out: Path, items: int, dev: torch.device) -> dict:
-    "What a dry run found, and the line it prints."
-    print(f"dry run: the config checks; {items} training items; would {'continue from step ' + str(start.step) if start.checkpoint else 'start'} "
-          f"in {out} on {dev}; nothing was written")
-    return dict(dry_run=True, step=start.step, items=items, device=str(dev), out_dir=str(out))
-
-def _config_changes(saved: dict, now: dict, defaults: dict) -> list[str]:
-    "'field: saved -> now' for each result-changing field that differs (fields missing from `saved` count as their default)."
-    now = json.loads(json.dumps(now))                 # tuples -> lists, as saved
-    return [f"{k}: {saved.get(k, defaults.get(k))!r} -> {now[k]!r}" for k in now
-            if k not in RESUME_FREE and saved.get(k, defaults.get(k)) != now[k]]
-
-def open_run(out: Path|str,     # the run folder
-             config: dict,      # this run's config (`cfg.to_dict()`)
-             defaults: dict,    # the config class's defaults (for fields older runs did not record)
-             resume: bool=False, overwrite: bool=False,
-             files: tuple=RUN_FILES, # the names a run of this kind writes
-             dry: bool=False,   # only check: never remove anything
-            ) -> RunStart:
-    "Check `out` before any work: refuse to mix two runs, resume only the same config, clear a run on `overwrite`."
-    out = Path(out)
-    if resume and overwrite: raise FusionInputError("`resume` and `overwrite`: give one (continue the run, or replace it), not both")
-    if out.exists() and not out.is_dir(): raise FusionInputError(f"`out_dir`: {out} exists and is not a folder")
-    found = [n for n in files if (out/n).exists()]
-    if not found or not _holds_work(out):   # nothing, or the leftovers of a run that failed before its first step
-        if resume: print(f"resume: no run in {out}; starting a new one")
-        if found and not dry: _remove(out, found)
-        return RunStart()
-    if overwrite:
-        if not dry: _remove(out, found)
-        return RunStart()
-    ck = usable_checkpoint(out)
-    what = ', '.join(f"{n}/ at step {int(ck.name[5:])}" if n == 'checkpoints' and ck else n for n in found)
-    if not resume:
-        raise FusionInputError(f"`out_dir`: {out} already holds a run ({what}); continue it with `resume`, replace it with "
-                               "`overwrite`, or choose another `out_dir`")
-    try: saved = json.loads((out/'config.json').read_text()) if (out/'config.json').is_file() else {}
-    except json.JSONDecodeError as e:
-        raise FusionInputError(f"`out_dir`: the run's {out/'config.json'} is damaged ({e}); replace the run with `overwrite`") from None
-    changes = _config_changes(saved, config, defaults)
-    if changes:
-        raise FusionInputError(f"`resume`: the config differs from the run's {out/'config.json'} in {'; '.join(changes)}; "
-                               "a resumed run keeps its config (train longer from its weights with `init_weights`, in a new `out_dir`)")
-    if (out/'result.json').is_file() and (out/'final').is_dir():
-        try: return RunStart(ck, json.loads((out/'result.json').read_text()))
-        except json.JSONDecodeError: pass                      # a damaged record: finish the run again from its checkpoint
-    if ck is None: print(f"resume: {out} has no usable checkpoint (the run stopped before its first one): starting from step 0")
-    return RunStart(ck)
-
-def _holds_work(out: Path) -> bool:
-    "Does `out` hold anything a run made that would be lost: a checkpoint, final weights, a result, or logged steps?"
-    if any((out/n).exists() for n in ('checkpoints', 'final', 'result.json', 'task', 'loss_generator.safetensors')): return True
-    return (out/'log.jsonl').is_file() and bool((out/'log.jsonl').read_text(errors='replace').strip())
-
-def _remove(out: Path, names: list) -> None:
-    import shutil
-    for n in names: shutil.rmtree(out/n) if (out/n).is_dir() else (out/n).unlink()
-
-def _row(line: str) -> dict|None:
-    "One JSONL log row, or None for a blank or damaged line (a run killed mid-write leaves half a line)."
-    try: r = json.loads(line)
-    except json.JSONDecodeError: return None
-    return r if isinstance(r, dict) else None
-
-def trim_log(path: Path|str, step: int) -> None:
-    "Drop the rows after `step` from a JSONL log (what a run logged after its last checkpoint is redone on resume)."
-    path = Path(path)
-    if not path.is_file(): return
-    rows = [l for l in path.read_text(errors='replace').splitlines() if (r := _row(l)) is not None and r.get('step', 0) <= step]
-    atomic_write_bytes(path, ''.join(l + '\n' for l in rows).encode())
-
 # %% ../nbs/07_train.ipynb #2724e15e
 def initial_model(cfg: TrainConfig) -> SFOFusion:
     "The network a run starts from: fresh, or `init_weights` (with `cfg.model` overriding its saved config)."
@@ -529,57 +237,23 @@ def initial_model(cfg: TrainConfig) -> SFOFusion:
     return model
 
 # %% ../nbs/07_train.ipynb #ae81338a
-def _setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
-    "(rank, world size, device); initialises torch.distributed when launched by torchrun."
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    rank = int(os.environ.get('RANK', '0'))
-    want = str(resolve_device(cfg.device, 'device', allow_auto=True))
-    if world > 1:
-        if want.startswith('cuda'): want = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        if not dist.is_initialized():
-            dist.init_process_group('nccl' if want.startswith('cuda') else 'gloo')
-    dev = torch.device(want)
-    if dev.type == 'cuda':
-        if dev.index is None: dev = torch.device('cuda', torch.cuda.current_device())
-        torch.cuda.set_device(dev)
-        torch.backends.cudnn.benchmark = True                 # fixed crop size: let cuDNN pick the fastest kernels
-        torch.backends.cuda.matmul.allow_tf32 = True          # TF32 matmuls/convs: ~free speed on Ampere+
-        torch.backends.cudnn.allow_tf32 = True
-    return rank, world, dev
+def fusion_step(batch: dict,  # a collated batch: 'ir', 'vis' (B, 1, h, w) float in [0, 1]
+                step: int,    # the global step (0-based): sets the learning rate
+                cfg: TrainConfig, dev: torch.device, world: int,
+                net: nn.Module, ddp: nn.Module, # the network and its (DDP) wrapper
+                opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss_fn: nn.Module,
+               ) -> dict:     # the row to log
+    "One step of fusion-only training: the hand-made fusion loss, one guarded optimiser step."
+    ir, vis = batch['ir'].to(dev, non_blocking=True), batch['vis'].to(dev, non_blocking=True)
+    lr = lr_at(step, cfg)
+    for g in opt.param_groups: g['lr'] = lr
+    with autocast_for(dev, cfg.precision): fused = ddp(ir, vis)
+    total, parts = loss_fn(fused.float(), ir, vis)
+    gnorm, stepped = optimizer_step(total, opt, scaler, list(net.parameters()), cfg.grad_clip, world)
+    return dict(loss=float(total.detach()), **{k: float(v) for k, v in parts.items()}, lr=lr, grad_norm=float(gnorm),
+                skipped_step=not stepped)
 
-def _autocast(dev: torch.device, precision: str):
-    "Autocast context for `precision` ('fp32' disables it; bf16/fp16 only on CUDA)."
-    if precision not in ('fp32', 'bf16', 'fp16'): raise FusionInputError(f"`precision`: expected 'fp32', 'bf16' or 'fp16', got {precision!r}")
-    if precision == 'fp32' or dev.type != 'cuda': return torch.autocast(dev.type, enabled=False)
-    return torch.autocast('cuda', dtype=torch.bfloat16 if precision == 'bf16' else torch.float16)
-
-def replica_max_diff(*modules: nn.Module) -> float:
-    "Largest difference between any parameter of `modules` and rank 0's copy (DDP replicas must agree: 0)."
-    dev = next(modules[0].parameters()).device
-    diff = torch.zeros((), device=dev)
-    for m in modules:
-        for p in m.parameters():
-            ref = p.detach().clone(); dist.broadcast(ref, 0)
-            diff = torch.maximum(diff, (ref - p.detach()).abs().max())
-    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
-    return float(diff)
-
-def save_on_interrupt(checkpoint, step: int, world: int, bar=None) -> None:
-    "Ctrl-C in a single-process run: write a checkpoint at `step` (with `checkpoint(step)`) and say how to continue."
-    if world > 1: return  # other processes may be mid-collective: no consistent state to save
-    checkpoint(step)
-    if bar is not None: bar.close()
-    print(f"interrupted: checkpoint saved at step {step}; continue with resume=True (--resume)")
-
-def _log(path: Path, row: dict) -> None:
-    with open(path, 'a') as f: f.write(json.dumps(row) + '\n')
-
-def check_run_args(resume, overwrite, dry_run, stop_after) -> None:
-    "The run switches: three bools and an optional step."
-    for k, v in (('resume', resume), ('overwrite', overwrite), ('dry_run', dry_run)): check_flag(v, k)
-    if stop_after is not None and (not isinstance(stop_after, int) or isinstance(stop_after, bool) or stop_after < 0):
-        raise FusionInputError(f"`stop_after`: expected None or an integer >= 0, got {stop_after!r}")
-
+# %% ../nbs/07_train.ipynb #7fec654a
 def train(cfg: TrainConfig,           # the run's configuration
           resume: bool=False,         # continue the run in `cfg.out_dir` from its latest checkpoint
           stop_after: int|None=None,  # stop (with a checkpoint) after this global step: simulates an interruption
@@ -587,129 +261,45 @@ def train(cfg: TrainConfig,           # the run's configuration
           dry_run: bool=False,        # check config, data, device, model and run folder, then stop: nothing is written
          ) -> dict:                   # step, loss, skipped, weights folder, last validation
     "Train the fusion network as described by `cfg`."
-    if not isinstance(cfg, TrainConfig):
-        raise FusionInputError(f"`cfg`: expected a TrainConfig (TrainConfig(**fields) or TrainConfig.load(path)), got {type(cfg).__name__}")
-    check_run_args(resume, overwrite, dry_run, stop_after)
-    cfg = dataclasses.replace(cfg)       # checks every field again (a config may have been changed after it was made)
-    rank, world, dev = _setup_distributed(cfg)
-    out = Path(cfg.out_dir)
-    check_writable(out, 'out_dir')
-    start = open_run(out, cfg.to_dict(), asdict(type(cfg)()), resume, overwrite, dry=dry_run) if rank == 0 else None
-    if world > 1: obj = [start]; dist.broadcast_object_list(obj, 0); start = obj[0]
-    if start.finished is not None:
-        if rank == 0: print(f"{out} holds a finished run ({start.finished.get('step')} steps): nothing to do")
-        return start.finished
+    run = start_run(cfg, TrainConfig, resume, overwrite, dry_run, stop_after)
+    if run.start.finished is not None: return run.start.finished
+    cfg, out = run.cfg, run.out
     ds = build_train_dataset(cfg)        # bad data fails here, before the folder is touched
     check_val_data(cfg)
     torch.manual_seed(cfg.seed)
-    model = initial_model(cfg).to(dev)
-    if dry_run: return dry_run_report(start, out, len(ds), dev)
-    if rank == 0: out.mkdir(parents=True, exist_ok=True)
+    model = initial_model(cfg).to(run.dev)
+    if dry_run: return dry_run_report(run.start, out, len(ds), run.dev)
+    if run.rank == 0: out.mkdir(parents=True, exist_ok=True)
     model.train()
-    loss_fn = FusionLoss(LossConfig(**cfg.loss)).to(dev)
+    loss_fn = FusionLoss(LossConfig(**cfg.loss)).to(run.dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler('cuda', enabled=(cfg.precision == 'fp16' and dev.type == 'cuda'))
-    step, skipped = 0, 0
-    if start.checkpoint is not None:
-        meta = load_checkpoint(start.checkpoint, model, opt)
-        step, skipped = meta['step'], meta.get('skipped', 0)
-        if rank == 0: trim_log(out/'log.jsonl', step); print(f"resumed from {start.checkpoint} at step {step}")
-    elif rank == 0 and (out/'log.jsonl').exists(): (out/'log.jsonl').unlink()  # a resumed run that never reached a checkpoint
-    ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    if rank == 0: atomic_write_bytes(out/'config.json', json.dumps(cfg.to_dict(), indent=1).encode())
+    meta = resume_from(run, model, opt)
+    state, val = LoopState(meta.get('step', 0), meta.get('skipped', 0)), {}
+    ddp = nn.parallel.DistributedDataParallel(model) if run.world > 1 else model
+    if run.rank == 0: atomic_write_bytes(out/'config.json', json.dumps(cfg.to_dict(), indent=1).encode())
 
     def checkpoint(s):
-        if rank == 0: save_step_checkpoint(out, s, model, opt, dict(skipped=skipped, config=cfg.to_dict()), cfg.keep_ckpts)
+        if run.rank == 0: save_step_checkpoint(out, s, model, opt, dict(skipped=state.skipped, config=cfg.to_dict()), cfg.keep_ckpts)
+    def after_step(s):
+        if run.rank == 0 and cfg.val_data and cfg.val_every and s % cfg.val_every == 0:
+            val.update(validate(model, cfg.val_data, cfg.val_max_pairs))
+            log_row(out/'log.jsonl', dict(step=s, **{f'val/{k}': v for k, v in val.items()}))
 
-    bar = None
-    if rank == 0 and cfg.progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.steps, initial=step, desc='train', dynamic_ncols=True)
-    ddp.train()
-    last_loss, val, t0, seen = float('nan'), {}, time.perf_counter(), 0
-    try:
-        while step < cfg.steps and (stop_after is None or step < stop_after):
-            n_per_epoch = len(ds) // (cfg.batch_size * world)
-            if n_per_epoch == 0: epoch_batches(len(ds), cfg.batch_size, 0, cfg.seed, rank, world)  # raises clearly
-            epoch, offset = divmod(step, n_per_epoch)
-            ds.set_epoch(epoch)
-            batches = epoch_batches(len(ds), cfg.batch_size, epoch, cfg.seed, rank, world)[offset:]
-            loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=cfg.num_workers,
-                                                 collate_fn=collate_pairs, pin_memory=dev.type == 'cuda')
-            for batch in loader:
-                if step >= cfg.steps or (stop_after is not None and step >= stop_after): break
-                ir, vis = batch['ir'].to(dev, non_blocking=True), batch['vis'].to(dev, non_blocking=True)
-                for g in opt.param_groups: g['lr'] = lr_at(step, cfg)
-                with _autocast(dev, cfg.precision):
-                    fused = ddp(ir, vis)
-                total, parts = loss_fn(fused.float(), ir, vis)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                scaler.unscale_(opt)
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float('inf'))
-                bad = torch.tensor(float(not (torch.isfinite(total) and torch.isfinite(gnorm))), device=dev)
-                if world > 1: dist.all_reduce(bad, op=dist.ReduceOp.MAX)   # all ranks skip together
-                if bad.item() > 0:
-                    skipped += 1
-                    opt.zero_grad(set_to_none=True)
-                    scaler.update()
-                else:
-                    scaler.step(opt); scaler.update()
-                step += 1; seen += ir.shape[0] * world
-                last_loss = float(total.detach())
-                if rank == 0:
-                    if step % cfg.log_every == 0 or step == cfg.steps:
-                        _log(out/'log.jsonl', dict(step=step, loss=last_loss, **{k: float(v) for k, v in parts.items()},
-                                                   lr=lr_at(step - 1, cfg), grad_norm=float(gnorm), skipped=skipped,
-                                                   samples_per_s=seen / (time.perf_counter() - t0)))
-                    if bar is not None:
-                        bar.update(1); bar.set_postfix(loss=f"{last_loss:.4f}", skipped=skipped)
-                if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps: checkpoint(step)
-                if rank == 0 and cfg.val_data and cfg.val_every and step % cfg.val_every == 0:
-                    val = validate(model, cfg.val_data, cfg.val_max_pairs)
-                    _log(out/'log.jsonl', dict(step=step, **{f'val/{k}': v for k, v in val.items()}))
-    except KeyboardInterrupt:
-        save_on_interrupt(checkpoint, step, world, bar)
-        raise
-    if bar is not None: bar.close()
-    checkpoint(step)
-    res = dict(step=step, loss=last_loss, skipped=skipped, weights=str(out/'final') if step >= cfg.steps else None, val=val,
-               seconds=time.perf_counter() - t0)
-    if world > 1: res['replica_max_diff'] = replica_max_diff(model)
-    if rank == 0 and step >= cfg.steps:
+    step_fn = partial(fusion_step, cfg=cfg, dev=run.dev, world=run.world, net=model, ddp=ddp, opt=opt,
+                      scaler=make_scaler(cfg, run.dev), loss_fn=loss_fn)
+    ddp.train(); t0 = time.perf_counter()
+    run_loop(ds, cfg, run, state, step_fn, checkpoint, collate_pairs, after_step, stop_after)
+    done = state.step >= cfg.steps
+    res = dict(step=state.step, loss=state.row.get('loss', float('nan')), skipped=state.skipped,
+               weights=str(out/'final') if done else None, val=dict(val), seconds=time.perf_counter() - t0)
+    if run.world > 1: res['replica_max_diff'] = replica_max_diff(model)
+    if run.rank == 0 and done:
         model.save_pretrained(out/'final')           # first: nothing after this can lose the trained weights
         if cfg.val_data and not val:
             val = res['val'] = validate(model, cfg.val_data, cfg.val_max_pairs)
-            _log(out/'log.jsonl', dict(step=step, **{f'val/{k}': v for k, v in val.items()}))
+            log_row(out/'log.jsonl', dict(step=state.step, **{f'val/{k}': v for k, v in val.items()}))
         plot_log(out/'log.jsonl', out/'loss.png')
         atomic_write_bytes(out/'result.json', json.dumps(res, indent=1).encode())
-    if world > 1: dist.barrier()
+    if run.world > 1: torch.distributed.barrier()
     return res
 
-# %% ../nbs/07_train.ipynb #964294c6
-def read_log(path: Path|str) -> list[dict]:
-    "Rows of a JSONL training log."
-    return [r for l in Path(path).read_text(errors='replace').splitlines() if (r := _row(l)) is not None]  # damaged lines skipped
-
-def plot_log(log: Path|str, out: Path|str) -> Path:
-    "Save a figure of the loss curve (and validation metrics) from the JSONL log `log` to `out`."
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    rows = read_log(log)
-    tr = [r for r in rows if 'loss' in r]
-    va = [r for r in rows if any(k.startswith('val/') for k in r)]
-    fig, axes = plt.subplots(1, 2 if va else 1, figsize=(10 if va else 5, 3.2), squeeze=False)
-    ax = axes[0, 0]
-    for k in [k for k in (tr[0] if tr else {}) if k == 'loss' or k.startswith('loss_') or k in ('intensity', 'gradient', 'ssim', 'freq')]:
-        ax.plot([r['step'] for r in tr], [r[k] for r in tr], label=k)
-    ax.set_xlabel('step'); ax.set_yscale('log'); ax.set_title('training loss'); ax.legend(fontsize=7)
-    if va:
-        ax = axes[0, 1]
-        for k in ('val/VIF', 'val/Qabf', 'val/SSIM'):
-            if k in va[0]: ax.plot([r['step'] for r in va], [r[k] for r in va], marker='o', label=k[4:])
-        ax.set_xlabel('step'); ax.set_title('validation'); ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f'.{out.name}.tmp.png'); fig.savefig(tmp, dpi=80); plt.close(fig)
-    os.replace(tmp, out)
-    return out

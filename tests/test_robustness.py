@@ -270,7 +270,8 @@ def test_train_second_run_into_a_run_folder_is_refused(sf, tmp_path):
 
 
 def test_train_resume_drops_log_rows_after_the_checkpoint(tmp_path):
-    from sfofusion.train import TrainConfig, train, read_log
+    from sfofusion.engine import read_log
+    from sfofusion.train import TrainConfig, train
     cfg = TrainConfig(steps=4, crop=32, batch_size=2, synthetic_pairs=4, ckpt_every=2, progress=False, out_dir=str(tmp_path/'r'))
     train(cfg, stop_after=3)                                       # checkpoint at 2, interrupted at 3 (checkpoint at 3)
     import shutil; shutil.rmtree(tmp_path/'r'/'checkpoints'/'step_00000003')   # as if killed before saving

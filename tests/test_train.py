@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from sfofusion.core import FusionInputError
-from sfofusion.train import TrainConfig, train, read_log, latest_checkpoint
+from sfofusion.engine import read_log, latest_checkpoint
+from sfofusion.train import TrainConfig, train
 import sfofusion.train as T
 
 CLI = str(Path(sys.executable).with_name('sfofusion'))  # the console script of this environment
