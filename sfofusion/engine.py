@@ -21,11 +21,11 @@ from .core import FusionInputError, atomic_write_bytes, check_flag, check_writab
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'RESUME_FREE', 'read_config_file', 'coerce_value', 'check_keys', 'type_ok', 'field_default',
-           'nested_config', 'require', 'is_int', 'is_num', 'config_field', 'lr_at', 'epoch_batches', 'save_checkpoint',
-           'load_checkpoint', 'save_step_checkpoint', 'checkpoint_problem', 'usable_checkpoint', 'latest_checkpoint',
-           'RunStart', 'dry_run_report', 'open_run', 'parse_row', 'trim_log', 'setup_device', 'autocast_for',
-           'make_scaler', 'optimizer_step', 'replica_max_diff', 'Run', 'check_run_args', 'start_run', 'resume_from',
-           'save_on_interrupt', 'log_row', 'LoopState', 'run_loop', 'read_log', 'plot_log']
+           'nested_config', 'require', 'is_int', 'is_num', 'config_field', 'lr_schedule', 'lr_at', 'epoch_batches',
+           'save_checkpoint', 'load_checkpoint', 'save_step_checkpoint', 'checkpoint_problem', 'usable_checkpoint',
+           'latest_checkpoint', 'RunStart', 'dry_run_report', 'open_run', 'parse_row', 'trim_log', 'setup_device',
+           'autocast_for', 'make_scaler', 'optimizer_step', 'replica_max_diff', 'Run', 'check_run_args', 'start_run',
+           'resume_from', 'save_on_interrupt', 'log_row', 'LoopState', 'run_loop', 'read_log', 'plot_log']
 
 # %% ../nbs/06a_engine.ipynb #a17e588c
 def read_config_file(path: Path|str) -> dict:
@@ -113,13 +113,20 @@ def config_field(name: str, value=None):
 
 
 # %% ../nbs/06a_engine.ipynb #cd180b1e
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    "Learning rate for optimisation step `step` (0-based): linear warm-up then cosine decay."
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps: return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    t = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+def lr_schedule(step: int,          # the optimisation step (0-based)
+                steps: int,         # the run's length
+                lr: float,          # the peak rate
+                warmup_steps: int,  # linear warm-up steps
+                min_lr_ratio: float=0.05, # the rate at the last step, as a share of `lr`
+               ) -> float:
+    "Learning rate at `step`: linear warm-up, then cosine decay to `min_lr_ratio · lr`."
+    if warmup_steps > 0 and step < warmup_steps: return lr * (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
+def lr_at(step: int, cfg) -> float:
+    "`lr_schedule` with a run config's `steps`, `lr`, `warmup_steps` and `min_lr_ratio`."
+    return lr_schedule(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
 
 # %% ../nbs/06a_engine.ipynb #538b1b6c
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int=0, world: int=1) -> list[list[int]]:
@@ -333,8 +340,8 @@ def trim_log(path: Path|str, step: int) -> None:
 
 
 # %% ../nbs/06a_engine.ipynb #b9fe4669
-def setup_device(cfg: TrainConfig) -> tuple[int, int, torch.device]:
-    "(rank, world size, device); initialises torch.distributed when launched by torchrun."
+def setup_device(cfg) -> tuple[int, int, torch.device]:
+    "(rank, world size, device) for a run config's `device`; initialises torch.distributed when launched by torchrun."
     world = int(os.environ.get('WORLD_SIZE', '1'))
     rank = int(os.environ.get('RANK', '0'))
     want = str(resolve_device(cfg.device, 'device', allow_auto=True))

@@ -20,8 +20,7 @@ from .metrics import compute_metrics
 from .meta import MetaConfig, train_meta, Rescaled, holdout_split, MODES
 from .model import SFOFusion
 from .tasks import build_task, save_task
-from .engine import lr_at
-from .train import TrainConfig
+from .engine import lr_schedule
 
 # %% auto #0
 __all__ = ['BASELINES', 'fuse_with', 'DetectorRecipe', 'detector_batch', 'train_detector', 'ExperimentConfig', 'read_rows',
@@ -94,14 +93,13 @@ def train_detector(images: Tensor,  # (N, 1, H, W) training images in [0, 1]
     torch.manual_seed(seed)
     head = build_task('detection', num_classes=num_classes, class_names=class_names, **recipe.task_cfg).to(dev)
     opt = torch.optim.AdamW(head.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    sched = TrainConfig(steps=recipe.steps, lr=recipe.lr, warmup_steps=recipe.warmup_steps)
     g = torch.Generator().manual_seed(seed)
     imgs = images.to(dev)
     t0 = time.perf_counter()
     head.train()
     for step in range(recipe.steps):
         x, boxes, labels = detector_batch(imgs, targets, recipe, g)
-        for pg in opt.param_groups: pg['lr'] = lr_at(step, sched)
+        for pg in opt.param_groups: pg['lr'] = lr_schedule(step, recipe.steps, recipe.lr, recipe.warmup_steps)
         loss = head.loss(x, dict(boxes=boxes, labels=labels))
         opt.zero_grad(set_to_none=True); loss.backward()
         nn.utils.clip_grad_norm_(head.parameters(), 10.0)

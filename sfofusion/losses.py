@@ -16,8 +16,9 @@ from torch import Tensor
 from .core import FusionInputError, check_image
 
 # %% auto #0
-__all__ = ['REDUCTIONS', 'GRADIENT_MODES', 'AMP_EPS', 'intensity_loss', 'sobel_gradient', 'sobel_magnitude', 'gradient_loss',
-           'ssim_loss', 'log_amplitude', 'frequency_loss', 'LossConfig', 'fusion_loss', 'FusionLoss']
+__all__ = ['REDUCTIONS', 'GRADIENT_MODES', 'MAGNITUDE_EPS', 'intensity_loss', 'sobel_gradient', 'sobel_magnitude',
+           'gradient_loss', 'ssim_loss', 'log_magnitude_spectrum', 'frequency_loss', 'LossConfig', 'fusion_loss',
+           'FusionLoss']
 
 # %% ../nbs/06_losses.ipynb #3ff9aeb5
 REDUCTIONS = ('mean', 'sum', 'none')
@@ -47,17 +48,17 @@ def _reduce(per_pixel: Tensor, reduction: str) -> Tensor:
 def intensity_loss(fused: Tensor,  # (B, C, H, W) float, finite
                    ir: Tensor,     # (B, C, H, W) float in [0, 1]
                    vis: Tensor,    # (B, C, H, W) float in [0, 1]
-                   w: Tensor|None=None, # (B, 1, H, W) IR share of the target in [0, 1]; None: max(ir, vis)
+                   w: Tensor|None=None, # (B, 1, H, W) weight of |F - ir| in [0, 1] (VIS gets 1 - w); None: max(ir, vis)
                    reduction: str='mean', # 'mean', 'sum' or 'none' (per image, (B,))
                   ) -> Tensor:     # scalar, or (B,)
-    "L1 distance of `fused` to the per-pixel max of the sources, or to their `w`-weighted mix."
+    "L1 distance of `fused` to the per-pixel max of the sources, or its `w`-weighted distances to IR and VIS."
     _check_sources(fused, ir, vis)
     if w is not None: _check_weight(w, 'w', fused)
     return _intensity(fused, ir, vis, w, reduction)
 
 def _intensity(fused, ir, vis, w, reduction):
-    target = torch.maximum(ir, vis) if w is None else w * ir + (1 - w) * vis
-    return _reduce((fused - target).abs(), reduction)
+    if w is None: return _reduce((fused - torch.maximum(ir, vis)).abs(), reduction)
+    return _reduce(w * (fused - ir).abs() + (1 - w) * (fused - vis).abs(), reduction)
 
 # %% ../nbs/06_losses.ipynb #66432c68
 GRADIENT_MODES = ('signed', 'magnitude')
@@ -75,12 +76,12 @@ def sobel_magnitude(x: Tensor, # (B, C, H, W) float
 def gradient_loss(fused: Tensor,  # (B, C, H, W) float, finite
                   ir: Tensor,     # (B, C, H, W) float in [0, 1]
                   vis: Tensor,    # (B, C, H, W) float in [0, 1]
-                  w: Tensor|None=None, # (B, 1, H, W) IR share of the target gradient in [0, 1]; None: the stronger source
+                  w: Tensor|None=None, # (B, 1, H, W) weight of the distance to IR's gradient (VIS: 1 - w); None: the stronger source
                   reduction: str='mean', # 'mean', 'sum' or 'none'
                   mode: str='signed',    # 'signed': L1 of (dx, dy) to the stronger source's; 'magnitude': of |dx|+|dy| to the max
                   gain: float=1.,        # the target is scaled by this (> 1: sharper than the sources)
                  ) -> Tensor:
-    "L1 distance of the fused Sobel gradient to the stronger source's (or to the `w`-weighted mix), times `gain`."
+    "L1 distance of the fused Sobel gradient to `gain` times the stronger source's (or the `w`-weighted distances to both)."
     _check_sources(fused, ir, vis)
     if w is not None: _check_weight(w, 'w', fused)
     if mode not in GRADIENT_MODES: raise FusionInputError(f"`mode`: expected one of {GRADIENT_MODES}, got {mode!r}")
@@ -88,13 +89,15 @@ def gradient_loss(fused: Tensor,  # (B, C, H, W) float, finite
 
 def _gradient(fused, ir, vis, w, reduction, mode='signed', gain=1.):
     if mode == 'magnitude':
-        gi, gv = sobel_magnitude(ir), sobel_magnitude(vis)
-        target = torch.maximum(gi, gv) if w is None else w * gi + (1 - w) * gv
-        return _reduce((sobel_magnitude(fused) - gain * target).abs(), reduction)
-    gi, gv = sobel_gradient(ir), sobel_gradient(vis)                        # (B, C, 2, H, W)
-    if w is None: target = torch.where(gi.abs().sum(2, keepdim=True) >= gv.abs().sum(2, keepdim=True), gi, gv)
-    else: target = w[:, :, None] * gi + (1 - w[:, :, None]) * gv            # w: (B, 1, 1, H, W)
-    return _reduce((sobel_gradient(fused) - gain * target).abs().sum(2), reduction)
+        gf, gi, gv = sobel_magnitude(fused), sobel_magnitude(ir), sobel_magnitude(vis)
+        if w is None: return _reduce((gf - gain * torch.maximum(gi, gv)).abs(), reduction)
+        return _reduce(w * (gf - gain * gi).abs() + (1 - w) * (gf - gain * gv).abs(), reduction)
+    gf, gi, gv = sobel_gradient(fused), sobel_gradient(ir), sobel_gradient(vis)   # (B, C, 2, H, W)
+    if w is None:
+        target = torch.where(gi.abs().sum(2, keepdim=True) >= gv.abs().sum(2, keepdim=True), gi, gv)
+        return _reduce((gf - gain * target).abs().sum(2), reduction)
+    d_ir, d_vis = (gf - gain * gi).abs().sum(2), (gf - gain * gv).abs().sum(2)     # (B, C, H, W)
+    return _reduce(w * d_ir + (1 - w) * d_vis, reduction)
 
 
 # %% ../nbs/06_losses.ipynb #573e4b9e
@@ -120,13 +123,13 @@ def _ssim(fused, ir, vis, ir_weight, window_size, reduction):
     return _reduce(ir_weight * (1 - s_ir) + (1 - ir_weight) * (1 - s_vis), reduction)
 
 # %% ../nbs/06_losses.ipynb #4ffd8a74
-AMP_EPS = 1e-12  # added under the square root of |F|^2: keeps d|F| finite where a frequency bin is exactly 0
+MAGNITUDE_EPS = 1e-12  # added under the square root of |F|^2: keeps d|F| finite where a frequency bin is exactly 0
 
-def log_amplitude(x: Tensor, # (B, C, H, W) float
+def log_magnitude_spectrum(x: Tensor, # (B, C, H, W) float
                  ) -> Tensor: # (B, C, H, W // 2 + 1): log(1 + |rfft2(x)|), orthonormal FFT
     "Log-amplitude spectrum of an image."
     f = torch.fft.rfft2(x, norm='ortho')
-    return torch.log1p(torch.sqrt(f.real**2 + f.imag**2 + AMP_EPS))
+    return torch.log1p(torch.sqrt(f.real**2 + f.imag**2 + MAGNITUDE_EPS))
 
 def frequency_loss(fused: Tensor,  # (B, C, H, W) float, finite
                    ir: Tensor,     # (B, C, H, W) float in [0, 1]
@@ -138,8 +141,8 @@ def frequency_loss(fused: Tensor,  # (B, C, H, W) float, finite
     return _frequency(fused, ir, vis, reduction)
 
 def _frequency(fused, ir, vis, reduction):
-    target = torch.maximum(log_amplitude(ir), log_amplitude(vis))  # log1p is increasing: max commutes with it
-    return _reduce((log_amplitude(fused) - target).abs(), reduction)
+    target = torch.maximum(log_magnitude_spectrum(ir), log_magnitude_spectrum(vis))  # log1p is increasing: max commutes with it
+    return _reduce((log_magnitude_spectrum(fused) - target).abs(), reduction)
 
 # %% ../nbs/06_losses.ipynb #39fdce8f
 @dataclass

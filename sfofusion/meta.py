@@ -22,10 +22,10 @@ from .core import FusionInputError, atomic_write_bytes, check_image, check_same_
 from .losses import FusionLoss, LossConfig, sobel_gradient, sobel_magnitude, ssim_loss
 
 # %% auto #0
-__all__ = ['MODES', 'META_FILES', 'HEAD_GRAD_CLIP', 'LossGenConfig', 'LossGenerator', 'weighted_fusion_loss',
-           'generated_fusion_loss', 'inner_step', 'meta_gradient', 'BalanceConfig', 'BalanceState', 'fusion_quality',
-           'balance_step', 'Rescaled', 'holdout_split', 'MetaConfig', 'build_task_data', 'validate_task', 'MetaParts',
-           'meta_step', 'balance_epoch', 'train_meta', 'plot_balance']
+__all__ = ['MODES', 'META_FILES', 'HEAD_GRAD_CLIP', 'LossGenConfig', 'LossGenerator', 'generated_fusion_loss', 'inner_step',
+           'meta_gradient', 'BalanceConfig', 'BalanceState', 'fusion_quality', 'balance_step', 'Rescaled',
+           'holdout_split', 'MetaConfig', 'build_task_data', 'validate_task', 'MetaParts', 'meta_step', 'balance_epoch',
+           'train_meta', 'plot_balance']
 
 # %% ../nbs/11_meta.ipynb #17c555aa
 @dataclass
@@ -61,34 +61,13 @@ class LossGenerator(nn.Module):
         w = torch.sigmoid(prior + r)
         return w[:, :1], w[:, 1:]
 
-# %% ../nbs/11_meta.ipynb #fa347b91
-def weighted_fusion_loss(fused: Tensor,  # (B, 1, H, W) float
-                         ir: Tensor, vis: Tensor, # (B, 1, H, W) float in [0, 1]
-                         w_int: Tensor,  # (B, 1, H, W) weight of |F - IR| (VIS gets 1 - w_int)
-                         w_grad: Tensor, # (B, 1, H, W) weight of the gradient distance to IR's (VIS gets 1 - w_grad)
-                         config: LossConfig|None=None, # term weights (intensity, gradient, ssim), gradient mode and gain
-                        ) -> tuple[Tensor, dict]: # total (scalar), {term: unweighted value (detached)}
-    "The fusion loss with per-pixel source weights (the generated loss)."
-    c = config or LossConfig()
-    if c.gradient_mode == 'magnitude':   # ||grad F| - gain |grad S||, as the hand-made loss's 'magnitude' targets
-        gf, gi, gv = sobel_magnitude(fused), sobel_magnitude(ir), sobel_magnitude(vis)
-        d_ir, d_vis = (gf - c.gradient_gain * gi).abs(), (gf - c.gradient_gain * gv).abs()
-    else:                                # L1 of (dx, dy) - gain (dx, dy) of the source, as its 'signed' targets
-        gf, gi, gv = sobel_gradient(fused), sobel_gradient(ir), sobel_gradient(vis)
-        d_ir, d_vis = (gf - c.gradient_gain * gi).abs().sum(2), (gf - c.gradient_gain * gv).abs().sum(2)
-    parts = dict(intensity=(w_int * (fused - ir).abs() + (1 - w_int) * (fused - vis).abs()).mean(),
-                 gradient=(w_grad * d_ir + (1 - w_grad) * d_vis).mean())
-    if c.ssim: parts['ssim'] = ssim_loss(fused, ir, vis, c.ssim_ir_weight, c.ssim_window)
-    total = sum(getattr(c, k) * v for k, v in parts.items())
-    return total, {k: v.detach() for k, v in parts.items()}
-
 # %% ../nbs/11_meta.ipynb #4bfd0404
 def generated_fusion_loss(model: nn.Module, params: dict, gen: nn.Module, loss_fn: nn.Module,
                           ir: Tensor, vis: Tensor) -> Tensor:
     "Fusion loss of `model` with parameters `params` under the loss proposed by `gen` (scalar; term weights from `loss_fn`)."
     fused = functional_call(model, params, (ir, vis))
     w_int, w_grad = gen(ir, vis)
-    total, _ = weighted_fusion_loss(fused, ir, vis, w_int, w_grad, loss_fn.config)
+    total, _ = loss_fn(fused, ir, vis, w_int, w_grad)
     return total
 
 def inner_step(model: nn.Module,   # the fusion network (its own parameters are not modified)
@@ -332,7 +311,7 @@ def meta_step(batch: dict, step: int, cfg: MetaConfig, dev: torch.device, world:
     with autocast_for(dev, cfg.precision): fused = m.model(ir, vis).float()   # the real update: fusion loss + λ · task loss
     if cfg.mode == 'meta':
         with torch.no_grad(): w_int, w_grad = m.gen(ir, vis)
-        lf, parts = weighted_fusion_loss(fused, ir, vis, w_int, w_grad, m.loss_fn.config)
+        lf, parts = m.loss_fn(fused, ir, vis, w_int, w_grad)
     else: lf, parts = m.loss_fn(fused, ir, vis)
     total = lf
     if cfg.mode != 'fusion':

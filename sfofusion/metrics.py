@@ -17,7 +17,7 @@ from torch import Tensor
 from .core import FusionInputError, IMAGE_EXTS, check_image, check_same_size, list_images, load_gray255, atomic_write_bytes, resolve_device
 
 # %% auto #0
-__all__ = ['METRICS', 'MIN_SIZE', 'REDUCTIONS', 'MI_UNITS', 'VIF_SIZES', 'VIF_SIGMA_NSQ', 'VIF_EPS', 'QABF_GRADIENT',
+__all__ = ['METRICS', 'MIN_SIZE', 'SOURCE_REDUCTIONS', 'MI_UNITS', 'VIF_SIZES', 'VIF_SIGMA_NSQ', 'VIF_EPS', 'QABF_GRADIENT',
            'QABF_ORIENTATION', 'SSIM_WIN', 'SSIM_K', 'CONVENTIONS', 'check_gray255', 'entropy', 'standard_deviation',
            'spatial_frequency', 'average_gradient', 'mutual_info', 'mutual_information', 'pearson', 'scd', 'cc',
            'separable_filter', 'gaussian_window', 'vif_index', 'vif', 'sobel', 'qabf', 'ssim_index', 'ssim', 'mse',
@@ -49,10 +49,10 @@ def _check_option(name: str, value, valid) -> None:
     if not isinstance(value, str) or value not in valid:
         raise FusionInputError(f"`{name}`: expected one of {', '.join(map(repr, valid))}, got {value!r}")
 
-REDUCTIONS = ('sum', 'mean')  # how two per-source values (F vs IR, F vs VIS) are combined
+SOURCE_REDUCTIONS = ('sum', 'mean')  # how two per-source values (F vs IR, F vs VIS) are combined
 
 def _reduce(v: Tensor, how: str) -> Tensor:
-    "Combine per-source values (B, S) into (B,) by `how` in `REDUCTIONS`."
+    "Combine per-source values (B, S) into (B,) by `how` in `SOURCE_REDUCTIONS`."
     return v.sum(1) if how == 'sum' else v.mean(1)
 
 def _check_triplet(fused, ir, vis, min_size=1) -> tuple[Tensor, Tensor, Tensor]:
@@ -140,7 +140,7 @@ def mutual_information(
     unit: str='nats',          # 'nats' (the evaluator's) or 'bits'
 ) -> Tensor:                   # (B,) float64
     "MI: MI(F, IR) + MI(F, VIS) (or their mean)."
-    _check_option('reduce_sources', reduce_sources, REDUCTIONS); _check_option('unit', unit, MI_UNITS)
+    _check_option('reduce_sources', reduce_sources, SOURCE_REDUCTIONS); _check_option('unit', unit, MI_UNITS)
     f, a, b = _check_triplet(fused, ir, vis)
     fl = _levels(f)
     return _reduce(torch.stack([_mutual_info(fl, _levels(a)), _mutual_info(fl, _levels(b))], 1), reduce_sources) * MI_UNITS[unit]
@@ -274,7 +274,7 @@ def vif(
     reduce_sources: str='sum',  # 'sum' (the evaluator's) or 'mean' of VIF(IR, F) and VIF(VIS, F)
 ) -> Tensor:                    # (B,) float64
     "VIF: VIF(IR -> F) + VIF(VIS -> F) (or their mean)."
-    _check_option('reduce_sources', reduce_sources, REDUCTIONS)
+    _check_option('reduce_sources', reduce_sources, SOURCE_REDUCTIONS)
     f, a, b = _check_triplet(fused, ir, vis, MIN_SIZE['VIF'])
     return _reduce(_vif(torch.cat([a, b], 1), f), reduce_sources)
 
@@ -358,7 +358,7 @@ def ssim(
     float64: bool=False,        # compute in float64 instead of the evaluator's float32
 ) -> Tensor:                    # (B,) float64
     "SSIM: SSIM(F, IR) + SSIM(F, VIS) (or their mean)."
-    _check_option('reduce_sources', reduce_sources, REDUCTIONS)
+    _check_option('reduce_sources', reduce_sources, SOURCE_REDUCTIONS)
     f, a, b = _check_triplet(fused, ir, vis, SSIM_WIN)
     return _reduce(_ssim_from_stats(_ssim_stats(f, torch.cat([a, b], 1), float64), data_range), reduce_sources)
 
@@ -394,7 +394,7 @@ def _check_conventions(conv: dict) -> dict:
     unknown = sorted(set(conv) - set(CONVENTIONS))
     if unknown: raise FusionInputError(f"unknown convention(s) {unknown}: expected some of {list(CONVENTIONS)}")
     c = {**CONVENTIONS, **conv}
-    _check_option('reduce_sources', c['reduce_sources'], REDUCTIONS); _check_option('mi_unit', c['mi_unit'], MI_UNITS)
+    _check_option('reduce_sources', c['reduce_sources'], SOURCE_REDUCTIONS); _check_option('mi_unit', c['mi_unit'], MI_UNITS)
     _check_peak(c['psnr_peak'])
     if not (isinstance(c['ssim_data_range'], (int, float)) and c['ssim_data_range'] > 0):
         raise FusionInputError(f"`ssim_data_range`: expected a positive number (2 or 255), got {c['ssim_data_range']!r}")

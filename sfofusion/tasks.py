@@ -23,11 +23,11 @@ from .core import FusionInputError, atomic_write_bytes, check_image
 from .data import IGNORE_INDEX, MSRS, MSRS_SEG_CLASSES
 
 # %% auto #0
-__all__ = ['MAX_NORM_GROUPS', 'INPUT_MEAN', 'COCO_MAX_DETS', 'MIN_BOX_PX', 'REDUCTIONS', 'MAX_LOG_SIZE', 'TASKS', 'TASK_WEIGHTS',
-           'TASK_CONFIG', 'TASK_FORMAT', 'ConvNormAct', 'Encoder', 'TopDownDecoder', 'box_area', 'box_iou', 'nms',
-           'batched_nms', 'detection_map', 'confusion_matrix', 'segmentation_miou', 'TaskHead', 'DetectorConfig',
-           'heatmap_targets', 'detection_loss', 'Detections', 'decode_detections', 'Detector', 'SegmenterConfig',
-           'segmentation_loss', 'Segmenter', 'build_task', 'save_task', 'load_task']
+__all__ = ['MAX_NORM_GROUPS', 'INPUT_MEAN', 'COCO_MAX_DETS', 'MIN_BOX_PX', 'MAX_LOG_SIZE', 'TASKS', 'TASK_WEIGHTS', 'TASK_CONFIG',
+           'TASK_FORMAT', 'ConvNormAct', 'Encoder', 'TopDownDecoder', 'box_area', 'box_iou', 'nms', 'batched_nms',
+           'detection_map', 'confusion_matrix', 'segmentation_miou', 'TaskHead', 'DetectorConfig', 'heatmap_targets',
+           'detection_loss', 'Detections', 'decode_detections', 'Detector', 'SegmenterConfig', 'segmentation_loss',
+           'Segmenter', 'build_task', 'save_task', 'load_task']
 
 # %% ../nbs/10_tasks.ipynb #cf1d2079
 MAX_NORM_GROUPS = 8  # GroupNorm groups (fewer when the width is not divisible by 8): per-image statistics, no running buffers
@@ -434,7 +434,7 @@ def heatmap_targets(boxes: Tensor,     # (N, 4) float xyxy pixels
     return dict(heatmap=heat, index=cell[:, 1] * w + cell[:, 0], size=size, log_size=log_size, offset=centre - cell, labels=labels)
 
 # %% ../nbs/10_tasks.ipynb #fb63d15d
-REDUCTIONS = ('mean', 'sum', 'none')
+from .losses import REDUCTIONS  # 'mean', 'sum', 'none': one definition for losses and task losses
 
 def _reduce(per_image: Tensor, reduction: str, counted: Tensor|None=None) -> Tensor:
     "Reduce (B,) per-image losses: mean over the `counted` images (all by default), sum, or none."

@@ -6,8 +6,8 @@ from torch.autograd import gradcheck
 
 from sfofusion.core import FusionInputError
 from sfofusion.data import synthetic_pair
-from sfofusion.losses import (AMP_EPS, FusionLoss, LossConfig, frequency_loss, fusion_loss, gradient_loss,
-                              intensity_loss, log_amplitude, sobel_magnitude, ssim_loss)
+from sfofusion.losses import (MAGNITUDE_EPS, FusionLoss, LossConfig, frequency_loss, fusion_loss, gradient_loss,
+                              intensity_loss, log_magnitude_spectrum, sobel_magnitude, ssim_loss)
 
 TERMS = dict(intensity=intensity_loss, gradient=gradient_loss, ssim=ssim_loss, frequency=frequency_loss)
 ALL_ON = LossConfig(intensity=1., gradient=10., ssim=1., frequency=0.5)
@@ -24,8 +24,10 @@ def pair(b=2, h=24, w=28, seed=0, dtype=torch.float32):
 def test_zero_at_the_target():
     f, ir, vis = pair()
     assert intensity_loss(torch.maximum(ir, vis), ir, vis) == 0
-    w = torch.rand(2, 1, 24, 28)
+    w = (torch.rand(2, 1, 24, 28) > 0.5).float()         # hard weights: each pixel pulled to one source, reached exactly
     assert intensity_loss(w * ir + (1 - w) * vis, ir, vis, w=w) == 0
+    half = torch.full_like(w, 0.5)                        # weighted distances, not a distance to the mix:
+    torch.testing.assert_close(intensity_loss((ir + vis) / 2, ir, vis, w=half), 0.5 * (ir - vis).abs().mean())
     for name, fn in TERMS.items():  # identical sources: the source itself is perfect for every term
         assert fn(ir, ir, ir).abs() < 1e-5, name
 
@@ -67,7 +69,7 @@ def test_ssim_and_frequency_properties():
     assert (frequency_loss(f, ir, vis, reduction='none') >= 0).all()
     x = torch.rand(1, 1, 8, 8, dtype=torch.float64)
     amp = torch.fft.rfft2(x, norm='ortho').abs()
-    torch.testing.assert_close(log_amplitude(x), torch.log1p(torch.sqrt(amp**2 + AMP_EPS)))
+    torch.testing.assert_close(log_magnitude_spectrum(x), torch.log1p(torch.sqrt(amp**2 + MAGNITUDE_EPS)))
     assert frequency_loss(blur, ir, vis) > frequency_loss(torch.maximum(ir, vis), ir, vis)
 
 

@@ -12,7 +12,7 @@ from sfofusion.core import FusionInputError
 from sfofusion.data import synthetic_pair
 from sfofusion.losses import FusionLoss, LossConfig, sobel_magnitude
 from sfofusion.model import build_model
-from sfofusion.meta import (LossGenerator, LossGenConfig, weighted_fusion_loss, inner_step, meta_gradient,
+from sfofusion.meta import (LossGenerator, LossGenConfig, inner_step, meta_gradient,
                             generated_fusion_loss, BalanceConfig, BalanceState, balance_step, fusion_quality,
                             MetaConfig, train_meta, holdout_split)
 
@@ -42,7 +42,7 @@ def test_weighted_loss_with_hard_weights_is_the_hand_made_loss():
     ir, vis = pair(seed=1)
     f = torch.rand_like(ir)
     hard = (ir > vis).float(), (sobel_magnitude(ir) > sobel_magnitude(vis)).float()
-    assert torch.allclose(weighted_fusion_loss(f, ir, vis, *hard)[0], FusionLoss()(f, ir, vis)[0], atol=1e-6)
+    assert torch.allclose(FusionLoss()(f, ir, vis, *hard)[0], FusionLoss()(f, ir, vis)[0], atol=1e-6)
 
 
 def test_inner_step_lowers_the_generated_loss_on_the_real_network():
