@@ -48,12 +48,15 @@ class Lab:
         if hasattr(os, 'geteuid') and os.geteuid() == 0: cmd.append('--allow-root')   # CI containers run as root
         self.log = open(self.home/'lab.log', 'w')
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        for _ in range(600):                                             # the server answers within ~5 s
-            if self.proc.poll() is not None: raise RuntimeError(f"JupyterLab exited: {(self.home/'lab.log').read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(f'{self.url}/api/status?token={self.token}', timeout=1); return self
-            except OSError: time.sleep(0.1)
-        raise RuntimeError('JupyterLab did not start within 60 s')
+        try:
+            for _ in range(600):                                         # the server answers within ~5 s
+                if self.proc.poll() is not None: raise RuntimeError(f"JupyterLab exited: {(self.home/'lab.log').read_text()[-2000:]}")
+                try:
+                    urllib.request.urlopen(f'{self.url}/api/status?token={self.token}', timeout=1); return self
+                except OSError: time.sleep(0.1)
+            raise RuntimeError('JupyterLab did not start within 60 s')
+        except BaseException:
+            self.__exit__(); raise                                       # stop what was started
 
     @property
     def url(self) -> str: return f'http://127.0.0.1:{self.port}'

@@ -76,7 +76,6 @@ def score(model) -> dict:
 
 def run_variant(name, spec, steps, out):
     torch.set_num_threads(1)
-    from sfofusion.engine import latest_checkpoint
     from sfofusion.train import train
     from sfofusion.model import SFOFusion
     steps = spec.get('steps', steps)                                   # a variant may set its own length
@@ -84,7 +83,7 @@ def run_variant(name, spec, steps, out):
     cfg = train_config(name, model, loss, steps, out)
     done = out / name / 'result.json'
     if not done.is_file():
-        train(cfg, resume=latest_checkpoint(out / name) is not None)
+        train(cfg, resume=True)   # open_run starts afresh in an empty folder, continues a killed one
     model = SFOFusion.from_pretrained(out / name / 'final')
     res = json.loads(done.read_text())
     return dict(name=name, model=model, loss=loss, overrides=spec, steps=steps,

@@ -183,17 +183,19 @@ def native_stderr():
     "Capture what C libraries write to file descriptor 2 while the block runs; yields a list that receives the text."
     got = []
     if not _STDERR_LOCK.acquire(blocking=False): yield got; return  # another thread is capturing: fd 2 is process-wide
+    f = fd = None
     try:
-        try: fd = os.dup(2)
-        except OSError: yield got; return        # no stderr to capture (e.g. a closed descriptor)
-        with tempfile.TemporaryFile() as f:
-            try:
-                os.dup2(f.fileno(), 2)
-                yield got
-            finally:
-                os.dup2(fd, 2); os.close(fd)
-                f.seek(0)
-                got.append(f.read().decode(errors='replace'))
+        try: f = tempfile.TemporaryFile(); fd = os.dup(2)
+        except OSError:                          # no temp folder or no stderr: decode without capturing
+            if f is not None: f.close()
+            f = fd = None
+        if fd is None: yield got; return
+        try:
+            os.dup2(f.fileno(), 2)
+            yield got
+        finally:
+            os.dup2(fd, 2); os.close(fd)
+            f.seek(0); got.append(f.read().decode(errors='replace')); f.close()
     finally: _STDERR_LOCK.release()
 
 def _native_lines(text: str) -> str:

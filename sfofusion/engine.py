@@ -23,9 +23,9 @@ from .core import FusionInputError, atomic_write_bytes, check_flag, check_writab
 __all__ = ['RUN_FILES', 'RESUME_FREE', 'read_config_file', 'coerce_value', 'check_keys', 'type_ok', 'field_default',
            'nested_config', 'require', 'is_int', 'is_num', 'config_field', 'lr_schedule', 'lr_at', 'epoch_batches',
            'save_checkpoint', 'load_checkpoint', 'save_step_checkpoint', 'checkpoint_problem', 'usable_checkpoint',
-           'latest_checkpoint', 'RunStart', 'dry_run_report', 'open_run', 'parse_row', 'trim_log', 'setup_device',
-           'autocast_for', 'make_scaler', 'optimizer_step', 'replica_max_diff', 'Run', 'check_run_args', 'start_run',
-           'resume_from', 'save_on_interrupt', 'log_row', 'LoopState', 'run_loop', 'read_log', 'plot_log']
+           'latest_checkpoint', 'RunStart', 'dry_run_report', 'open_run', 'parse_row', 'last_row', 'trim_log',
+           'setup_device', 'autocast_for', 'make_scaler', 'optimizer_step', 'replica_max_diff', 'Run', 'check_run_args',
+           'start_run', 'resume_from', 'save_on_interrupt', 'log_row', 'LoopState', 'run_loop', 'read_log', 'plot_log']
 
 # %% ../nbs/06a_engine.ipynb #a17e588c
 def read_config_file(path: Path|str) -> dict:
@@ -291,9 +291,9 @@ def open_run(out: Path|str,     # the run folder
     if resume and overwrite: raise FusionInputError("`resume` and `overwrite`: give one (continue the run, or replace it), not both")
     if out.exists() and not out.is_dir(): raise FusionInputError(f"`out_dir`: {out} exists and is not a folder")
     found = [n for n in files if (out/n).exists()]
-    if not found or not _holds_work(out):   # nothing, or the leftovers of a run that failed before its first step
-        if resume: print(f"resume: no run in {out}; starting a new one")
-        if found and not dry: _remove(out, found)
+    saved = _saved_config(out, config, damaged_ok=overwrite)
+    if not found or not _holds_work(out):   # nothing, or the leftovers of a run that failed before its first step:
+        if resume: print(f"resume: no run in {out}; starting a new one")   # the new run rewrites them once its checks pass
         return RunStart()
     if overwrite:
         if not dry: _remove(out, found)
@@ -303,9 +303,6 @@ def open_run(out: Path|str,     # the run folder
     if not resume:
         raise FusionInputError(f"`out_dir`: {out} already holds a run ({what}); continue it with `resume`, replace it with "
                                "`overwrite`, or choose another `out_dir`")
-    try: saved = json.loads((out/'config.json').read_text()) if (out/'config.json').is_file() else {}
-    except json.JSONDecodeError as e:
-        raise FusionInputError(f"`out_dir`: the run's {out/'config.json'} is damaged ({e}); replace the run with `overwrite`") from None
     changes = _config_changes(saved, config, defaults)
     if changes:
         raise FusionInputError(f"`resume`: the config differs from the run's {out/'config.json'} in {'; '.join(changes)}; "
@@ -315,6 +312,21 @@ def open_run(out: Path|str,     # the run folder
         except json.JSONDecodeError: pass                      # a damaged record: finish the run again from its checkpoint
     if ck is None: print(f"resume: {out} has no usable checkpoint (the run stopped before its first one): starting from step 0")
     return RunStart(ck)
+
+def _saved_config(out: Path, config: dict, damaged_ok: bool=False) -> dict:
+    "The run config in `out/config.json` ({} when there is none, or damaged and `damaged_ok`); raise when it is not a run's."
+    f = out/'config.json'
+    if not f.is_file(): return {}
+    try: saved = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if damaged_ok: return {}
+        raise FusionInputError(f"`out_dir`: the run's {f} is damaged ({e}); replace the run with `overwrite`") from None
+    if not isinstance(saved, dict):
+        if damaged_ok: return {}
+        raise FusionInputError(f"`out_dir`: the run's {f} is damaged (not a JSON object); replace the run with `overwrite`")
+    if 'out_dir' not in saved or not set(saved) <= set(config):   # e.g. a saved model's config.json: never ours to replace
+        raise FusionInputError(f"`out_dir`: {out} holds a config.json that is not a training run's (a model folder?); choose another `out_dir`")
+    return saved
 
 def _holds_work(out: Path) -> bool:
     "Does `out` hold anything a run made that would be lost: a checkpoint, final weights, a result, or logged steps?"
@@ -330,6 +342,12 @@ def parse_row(line: str) -> dict|None:
     try: r = json.loads(line)
     except json.JSONDecodeError: return None
     return r if isinstance(r, dict) else None
+
+def last_row(path: Path|str) -> dict:
+    "The last logged training row (with a 'loss') of a JSONL log, or {}: what a resumed run reports if it runs no step."
+    path = Path(path)
+    rows = [r for l in path.read_text(errors='replace').splitlines() if (r := parse_row(l)) and 'loss' in r] if path.is_file() else []
+    return rows[-1] if rows else {}
 
 def trim_log(path: Path|str, step: int) -> None:
     "Drop the rows after `step` from a JSONL log (what a run logged after its last checkpoint is redone on resume)."

@@ -239,16 +239,16 @@ def _glob_regex(pattern: str) -> re.Pattern:
         c = pattern[i]
         if c == '*': run += '[^/]*'; i += 1
         elif c == '?': run += '[^/]'; i += 1
-        elif c == '[' and (j := pattern.find(']', i + 2)) > 0:
-            body = pattern[i + 1:j]
-            run += '[' + ('^' + re.escape(body[1:]) if body.startswith('!') else re.escape(body)) + ']'; i = j + 1
+        elif c == '[' and (j := pattern.find(']', i + 2)) > 0:     # a class as fnmatch reads it: ranges kept, '!' negates
+            body = pattern[i + 1:j].replace('\\', '\\\\')
+            run += '[' + ('^' + body[1:] if body.startswith('!') else body) + ']'; i = j + 1
         else:
             out += (f'({run})' if run else '') + re.escape(c); run = ''; i += 1
     return re.compile(out + (f'({run})' if run else '') + r'\Z')
 
-def _glob_name(rx: re.Pattern, f: Path) -> str:
-    "The pair name of file `f` matched by a pattern: its wildcard parts joined by '_' (a trailing extension dropped)."
-    m = rx.match(str(f))
+def _glob_name(rx: re.Pattern, f: str) -> str:
+    "The pair name of the file `f` (as `glob.glob` returned it) matched by a pattern: its wildcard parts joined by '_', no extension."
+    m, f = rx.match(f), Path(f)
     parts = [g for g in (m.groups() if m else ()) if g]
     if parts and parts[-1].endswith(f.suffix) and f.suffix: parts[-1] = parts[-1][:-len(f.suffix)]
     return '_'.join(p for p in parts if p) or f.stem
@@ -259,9 +259,9 @@ def _sources(src: str|Path, name: str) -> tuple[dict, list]:
     "Map pair name -> file for `src` (folder, file or glob), and the (name, reason) problems found on the way."
     s, key = str(src), (lambda f: f.stem)
     if _is_pattern(s):
-        files = [Path(f) for f in sorted(glob.glob(s)) if Path(f).is_file()]
-        rx = _glob_regex(s)
-        key = lambda f: _glob_name(rx, f)
+        raw = {Path(f): f for f in sorted(glob.glob(s)) if Path(f).is_file()}   # names are read from glob's own strings
+        files, rx = list(raw), _glob_regex(s)                                   # ('./d/x' stays './d/x'; Path drops the './')
+        key = lambda f: _glob_name(rx, raw[f])
     elif Path(s).is_dir(): files = sorted(p for p in Path(s).iterdir() if p.is_file() and not p.name.startswith('.'))
     elif Path(s).is_file(): files = [Path(s)]
     else: raise FusionInputError(f"`{name}`: {s} is not a folder, a file or a glob pattern that matches anything")

@@ -176,7 +176,7 @@ def holdout_split(n: int, holdout: int, split_seed: int=0) -> tuple[list, list]:
 # %% ../nbs/11_meta.ipynb #c702f354
 from .engine import (LoopState, RUN_FILES, autocast_for, check_keys, config_field, dry_run_report, log_row, lr_at,
                               make_scaler, nested_config, optimizer_step, read_log, replica_max_diff, resume_from, run_loop,
-                              save_step_checkpoint, start_run)
+                              save_step_checkpoint, start_run, last_row)
 from .train import TrainConfig, check_crop, initial_model, synthetic_size
 from .data import get_dataset, FusionCrops, SyntheticPairs, collate_fusion, SYNTHETIC_CLASSES
 from .model import SFOFusion, SFOFusionConfig, build_model
@@ -368,7 +368,7 @@ def train_meta(cfg: MetaConfig,            # the run's configuration
                   make_scaler(cfg, dev), BalanceState(lam=BalanceConfig(**cfg.balance).lam), dict(cfg.reference_metrics))
     mods, opts = dict(model=model, task=head, gen=gen), dict(model=m.opt, task=m.opt_task, gen=m.opt_gen)
     meta = resume_from(run, mods, opts)
-    state = LoopState(meta.get('step', 0), meta.get('skipped', 0))
+    state = LoopState(meta.get('step', 0), meta.get('skipped', 0), last_row(out/'log.jsonl') if meta else {})
     if meta: m.reference, m.balance = meta['reference'], BalanceState(**meta['balance'])
     if not m.reference and val_items and run.rank == 0:  # fusion-only reference: the initial network (a fusion-only model with init_weights)
         m.reference = {k: v for k, v in validate_task(model, head, val_items).items() if k in ('VIF', 'Qabf', 'SSIM')}

@@ -19,7 +19,7 @@ from .core import FusionInputError, atomic_write_bytes, find_pairs, load_pair, l
 from .engine import (
     LoopState, autocast_for, check_keys, coerce_value, config_field, dry_run_report, epoch_batches, is_int, is_num,
     field_default, log_row, lr_at, make_scaler, nested_config, optimizer_step, plot_log, read_config_file, replica_max_diff,
-    require, resume_from, run_loop, save_step_checkpoint, start_run, type_ok)
+    require, resume_from, run_loop, save_step_checkpoint, start_run, type_ok, last_row)
 from .model import SFOFusion, SFOFusionConfig, build_model
 from .losses import FusionLoss, LossConfig
 from .data import DATASETS, get_dataset, FusionCrops, SyntheticPairs, collate_fusion
@@ -274,7 +274,7 @@ def train(cfg: TrainConfig,           # the run's configuration
     loss_fn = FusionLoss(LossConfig(**cfg.loss)).to(run.dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     meta = resume_from(run, model, opt)
-    state, val = LoopState(meta.get('step', 0), meta.get('skipped', 0)), {}
+    state, val, val_at = LoopState(meta.get('step', 0), meta.get('skipped', 0), last_row(out/'log.jsonl') if meta else {}), {}, [None]
     ddp = nn.parallel.DistributedDataParallel(model) if run.world > 1 else model
     if run.rank == 0: atomic_write_bytes(out/'config.json', json.dumps(cfg.to_dict(), indent=1).encode())
 
@@ -282,7 +282,7 @@ def train(cfg: TrainConfig,           # the run's configuration
         if run.rank == 0: save_step_checkpoint(out, s, model, opt, dict(skipped=state.skipped, config=cfg.to_dict()), cfg.keep_ckpts)
     def after_step(s):
         if run.rank == 0 and cfg.val_data and cfg.val_every and s % cfg.val_every == 0:
-            val.update(validate(model, cfg.val_data, cfg.val_max_pairs))
+            val.clear(); val.update(validate(model, cfg.val_data, cfg.val_max_pairs)); val_at[0] = s
             log_row(out/'log.jsonl', dict(step=s, **{f'val/{k}': v for k, v in val.items()}))
 
     step_fn = partial(fusion_step, cfg=cfg, dev=run.dev, world=run.world, net=model, ddp=ddp, opt=opt,
@@ -295,7 +295,7 @@ def train(cfg: TrainConfig,           # the run's configuration
     if run.world > 1: res['replica_max_diff'] = replica_max_diff(model)
     if run.rank == 0 and done:
         model.save_pretrained(out/'final')           # first: nothing after this can lose the trained weights
-        if cfg.val_data and not val:
+        if cfg.val_data and val_at[0] != state.step:           # the final weights' validation, unless just done
             val = res['val'] = validate(model, cfg.val_data, cfg.val_max_pairs)
             log_row(out/'log.jsonl', dict(step=state.step, **{f'val/{k}': v for k, v in val.items()}))
         plot_log(out/'log.jsonl', out/'loss.png')

@@ -480,9 +480,66 @@ def test_train_huge_crop_is_refused_up_front(sf, tmp_path):
 
 
 def test_train_leftovers_of_a_run_that_never_stepped_are_not_a_run(sf, tmp_path):
-    (tmp_path/'run').mkdir(); (tmp_path/'run'/'config.json').write_text('{}')      # a run that died before step 1
+    from sfofusion.train import TrainConfig
+    (tmp_path/'run').mkdir()                                                       # a run that died before step 1
+    (tmp_path/'run'/'config.json').write_text(json.dumps(TrainConfig(out_dir=str(tmp_path/'run')).to_dict()))
     rc, _, err = sf('train', *SMALL, '--steps', 1, '--out-dir', tmp_path/'run')
     assert rc == 0, err
+
+
+def test_train_never_deletes_a_folder_it_did_not_write(sf, tmp_path, model_dir):
+    import shutil
+    shutil.copytree(model_dir, tmp_path/'m')                                       # a saved model: config.json + weights
+    before = digest(tmp_path/'m')
+    for extra in ((), ('--overwrite',), ('--set', 'data=[msrs:/no/such/folder]')):
+        rc, _, err = sf('train', *SMALL, '--steps', 1, '--out-dir', tmp_path/'m', *extra)
+        assert rc == 2 and digest(tmp_path/'m') == before, err
+    assert 'not a training run' in err or '/no/such/folder' in err
+    (tmp_path/'r').mkdir(); (tmp_path/'r'/'config.json').write_text('[]')
+    rc, _, err = sf('train', *SMALL, '--steps', 1, '--out-dir', tmp_path/'r', '--resume')
+    assert rc == 2 and 'is damaged (not a JSON object)' in one_error(err, 'train')
+
+
+def test_glob_pairing_with_dot_paths_and_ranges(sf, tmp_path, model_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path/'d').mkdir()
+    for n in ('31', '41', '71'):
+        cv2.imwrite(str(tmp_path/'d'/f'{n}_ir.png'), np.full((40, 48), 120, np.uint8))
+        cv2.imwrite(str(tmp_path/'d'/f'{n}_vi.png'), np.full((40, 48), 60, np.uint8))
+    rc, out, err = sf('fuse', '--ir', './d/[3-5]*_ir.png', '--vi', './d/[3-5]*_vi.png', '--out', 'o', '--gray', '--model', model_dir)
+    assert rc == 0 and sorted(p.name for p in (tmp_path/'o').iterdir()) == ['31.png', '41.png'], out + err
+
+
+def test_resume_of_a_finished_run_without_its_record_reports_the_real_loss(tmp_path):
+    from sfofusion.train import TrainConfig, train
+    cfg = TrainConfig(steps=2, crop=32, batch_size=2, synthetic_pairs=4, progress=False, out_dir=str(tmp_path/'r'))
+    first = train(cfg)
+    (tmp_path/'r'/'result.json').unlink()                                          # a record lost
+    again = train(cfg, resume=True)
+    assert again['step'] == 2 and again['loss'] == first['loss']
+    assert 'NaN' not in (tmp_path/'r'/'result.json').read_text()
+
+
+def test_final_validation_even_when_val_every_does_not_divide_steps(tmp_path):
+    from sfofusion.engine import read_log
+    from sfofusion.train import TrainConfig, train
+    sd = shared_dir()
+    if sd is None: pytest.skip('needs the shared data folder (../shared) beside the repository')
+    cfg = TrainConfig(steps=3, val_every=2, val_max_pairs=1, val_data=str(sd/'data'/'TNO'), crop=32, batch_size=2,
+                      synthetic_pairs=4, progress=False, out_dir=str(tmp_path/'r'))
+    train(cfg)
+    assert [r['step'] for r in read_log(tmp_path/'r'/'log.jsonl') if 'val/VIF' in r] == [2, 3]
+
+
+def test_reading_images_without_a_temp_folder(tmp_path, monkeypatch):
+    import tempfile
+    from sfofusion.core import read_image
+    cv2.imwrite(str(tmp_path/'a.png'), np.zeros((4, 4), np.uint8))
+    def no_temp(*a, **k): raise OSError('no space left on device')
+    monkeypatch.setattr(tempfile, 'TemporaryFile', no_temp)
+    n = len(os.listdir('/proc/self/fd'))
+    for _ in range(5): assert read_image(tmp_path/'a.png').shape == (4, 4)
+    assert len(os.listdir('/proc/self/fd')) == n                                   # no descriptor leaked
 
 
 def test_train_resume_without_checkpoint_says_so(sf, tmp_path):
