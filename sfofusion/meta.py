@@ -370,6 +370,7 @@ def train_meta(cfg: MetaConfig,            # the run's configuration
     meta = resume_from(run, mods, opts)
     state = LoopState(meta.get('step', 0), meta.get('skipped', 0), last_row(out/'log.jsonl') if meta else {})
     if meta: m.reference, m.balance = meta['reference'], BalanceState(**meta['balance'])
+    if meta.get('scaler'): m.scaler.load_state_dict(meta['scaler'])      # fp16: the loss scale it had reached
     if not m.reference and val_items and run.rank == 0:  # fusion-only reference: the initial network (a fusion-only model with init_weights)
         m.reference = {k: v for k, v in validate_task(model, head, val_items).items() if k in ('VIF', 'Qabf', 'SSIM')}
     if run.world > 1: obj = [m.reference]; dist.broadcast_object_list(obj, 0); m.reference = obj[0]  # every process balances
@@ -377,7 +378,7 @@ def train_meta(cfg: MetaConfig,            # the run's configuration
     spe, val = cfg.steps_per_epoch or len(ds) // (cfg.batch_size * run.world), {}
 
     def checkpoint(s):
-        if run.rank == 0: save_step_checkpoint(out, s, mods, opts, dict(skipped=state.skipped, reference=m.reference,
+        if run.rank == 0: save_step_checkpoint(out, s, mods, opts, dict(skipped=state.skipped, reference=m.reference, scaler=m.scaler.state_dict(),
                                                                        balance=asdict(m.balance), config=cfg.to_dict()), cfg.keep_ckpts)
     def after_step(s):
         if val_items and spe and (s % spe == 0 or s == cfg.steps): val.update(balance_epoch(m, cfg, val_items, run.rank, run.world, out, s))

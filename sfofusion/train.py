@@ -273,20 +273,23 @@ def train(cfg: TrainConfig,           # the run's configuration
     model.train()
     loss_fn = FusionLoss(LossConfig(**cfg.loss)).to(run.dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = make_scaler(cfg, run.dev)
     meta = resume_from(run, model, opt)
+    if meta.get('scaler'): scaler.load_state_dict(meta['scaler'])   # fp16: the loss scale it had reached
     state, val, val_at = LoopState(meta.get('step', 0), meta.get('skipped', 0), last_row(out/'log.jsonl') if meta else {}), {}, [None]
     ddp = nn.parallel.DistributedDataParallel(model) if run.world > 1 else model
     if run.rank == 0: atomic_write_bytes(out/'config.json', json.dumps(cfg.to_dict(), indent=1).encode())
 
     def checkpoint(s):
-        if run.rank == 0: save_step_checkpoint(out, s, model, opt, dict(skipped=state.skipped, config=cfg.to_dict()), cfg.keep_ckpts)
+        if run.rank == 0: save_step_checkpoint(out, s, model, opt, dict(skipped=state.skipped, scaler=scaler.state_dict(),
+                                                                            config=cfg.to_dict()), cfg.keep_ckpts)
     def after_step(s):
         if run.rank == 0 and cfg.val_data and cfg.val_every and s % cfg.val_every == 0:
             val.clear(); val.update(validate(model, cfg.val_data, cfg.val_max_pairs)); val_at[0] = s
             log_row(out/'log.jsonl', dict(step=s, **{f'val/{k}': v for k, v in val.items()}))
 
     step_fn = partial(fusion_step, cfg=cfg, dev=run.dev, world=run.world, net=model, ddp=ddp, opt=opt,
-                      scaler=make_scaler(cfg, run.dev), loss_fn=loss_fn)
+                      scaler=scaler, loss_fn=loss_fn)
     ddp.train(); t0 = time.perf_counter()
     run_loop(ds, cfg, run, state, step_fn, checkpoint, collate_pairs, after_step, stop_after)
     done = state.step >= cfg.steps

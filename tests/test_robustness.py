@@ -603,3 +603,22 @@ def test_eval_names_file_problems(sf, fused, tmp_path):
 def test_usage_errors_are_one_line(sf):
     with pytest.raises(SystemExit) as e: main(['fuse', '--tile', 'abc'])
     assert e.value.code == 2
+
+
+def test_the_loss_scale_is_checkpointed_and_resumed(tmp_path, monkeypatch):
+    "fp16 runs skip steps by their loss scale: a resumed run must continue with the scale it had reached."
+    import torch, sfofusion.train as T
+    from sfofusion.engine import usable_checkpoint
+    made = []
+    def scaler(cfg, dev):                          # an active scaler on the CPU, as fp16 on CUDA has
+        s = torch.amp.GradScaler('cpu', init_scale=1024., enabled=True); made.append(s); return s
+    monkeypatch.setattr(T, 'make_scaler', scaler)
+    cfg = T.TrainConfig(steps=4, crop=32, batch_size=2, synthetic_pairs=4, progress=False, ckpt_every=2, out_dir=str(tmp_path/'r'))
+    T.train(cfg, stop_after=2)
+    made[0].update(new_scale=256.)                 # as after overflows
+    T.save_step_checkpoint(tmp_path/'r', 2, T.initial_model(cfg), torch.optim.AdamW(T.initial_model(cfg).parameters()),
+                           dict(skipped=0, scaler=made[0].state_dict(), config=cfg.to_dict()))
+    state = json.loads((usable_checkpoint(tmp_path/'r')/'state.json').read_text())
+    assert state['scaler']['scale'] == 256.
+    T.train(cfg, resume=True, stop_after=3)
+    assert made[1].get_scale() == 256.
