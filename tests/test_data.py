@@ -9,9 +9,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from sfofusion.core import FusionInputError, Pair, rgb_to_ycbcr, shared_dir
+from sfofusion.data.crops import _pad_reflect      # a private helper, tested where it lives
 from sfofusion.data import (BOX_TOL_PX, DATASET_SOURCES, DATASETS, FMB, IGNORE_INDEX, LLVIP, M3FD, MSRS, TNO,
                             BoxLines, DatasetDownloadError, FusionCrops, Layout, MergedLabels, PairFolder, RoadScene,
-                            SkippedDataWarning, SyntheticPairs, VocLabels, YoloLabels, _pad_reflect, check_dataset,
+                            SkippedDataWarning, SyntheticPairs, VocLabels, YoloLabels, check_dataset,
                             collate_fusion, crop_boxes, default_dataset_dir, detect_dataset, download, extract_archive,
                             fetch_dataset, get_dataset, inspect_pair, open_box_source, read_class_names, read_mask,
                             synthetic_pair)
