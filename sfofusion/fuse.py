@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .core import (
     IMAGE_EXTS, FusionInputError, check_flag, check_image, check_path, check_same_size, check_writable, is_grey, read_image, resolve_device, rgb_to_ycbcr, save_image,
     stale_temp_files, to_tensor, to_uint8, ycbcr_to_rgb)
-from .data import synthetic_pair
+from .data.synthetic import synthetic_pair
 from .model import SFOFusion, compose_select, normalize_per_image
 
 # %% auto #0

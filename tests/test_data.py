@@ -9,9 +9,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from sfofusion.core import FusionInputError, Pair, rgb_to_ycbcr, shared_dir
+from sfofusion.data.crops import _pad_reflect      # a private helper, tested where it lives
 from sfofusion.data import (BOX_TOL_PX, DATASET_SOURCES, DATASETS, FMB, IGNORE_INDEX, LLVIP, M3FD, MSRS, TNO,
                             BoxLines, DatasetDownloadError, FusionCrops, Layout, MergedLabels, PairFolder, RoadScene,
-                            SkippedDataWarning, SyntheticPairs, VocLabels, YoloLabels, _pad_reflect, check_dataset,
+                            SkippedDataWarning, SyntheticPairs, VocLabels, YoloLabels, check_dataset,
                             collate_fusion, crop_boxes, default_dataset_dir, detect_dataset, download, extract_archive,
                             fetch_dataset, get_dataset, inspect_pair, open_box_source, read_class_names, read_mask,
                             synthetic_pair)
@@ -624,7 +625,7 @@ def test_interrupted_fetch_resumes_and_cleans_up(server, tmp_path, monkeypatch):
     server.files['/rs.zip'] = data
     to, url = tmp_path/'RoadScene', server.url('/rs.zip')
     # Ctrl-C while downloading: the .part file stays, to be resumed
-    monkeypatch.setattr('sfofusion.data._progress', _CtrlC)
+    monkeypatch.setattr('sfofusion.data.fetch._progress', _CtrlC)
     with pytest.raises(KeyboardInterrupt): fetch_dataset('roadscene', to, url=url, sha256=sha(data))
     assert listing(tmp_path) == ['RoadScene-rs.zip.part'] and (tmp_path/'RoadScene-rs.zip.part').stat().st_size == 1 << 20
     # fetches killed while extracting (no `finally` ran) left their temporary folders; one fetch is still running
@@ -643,7 +644,7 @@ def test_interrupted_extraction_reuses_the_download(server, tmp_path, monkeypatc
     server.files['/rs.zip'] = data
     to, url = tmp_path/'RS', server.url('/rs.zip')
     def ctrl_c(*a): raise KeyboardInterrupt
-    monkeypatch.setattr('sfofusion.data._apply_layout', ctrl_c)
+    monkeypatch.setattr('sfofusion.data.fetch._apply_layout', ctrl_c)
     with pytest.raises(KeyboardInterrupt): fetch_dataset('roadscene', to, url=url, sha256=sha(data), progress=False)
     assert listing(tmp_path) == ['RS-rs.zip']  # the verified download, no temporary folder, no half dataset
     monkeypatch.undo()
