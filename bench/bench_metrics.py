@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from sfofusion.core import load_gray255
-from sfofusion.metrics import METRICS, compute_metrics, reference_dir
+from sfofusion.evaluate import reference_dir
+from sfofusion.metrics import METRICS, compute_metrics
 
 
 def load_triplet(h: int=480, w: int=640):

@@ -89,7 +89,7 @@ def _peak(s: str) -> str|float:
 
 def _run_eval(a) -> int:
     from sfofusion.core import FusionInputError, resolve_device
-    from sfofusion.metrics import evaluate_folders
+    from sfofusion.evaluate import evaluate_folders
     from sfofusion.train import read_names
     if a.out is not None: check_out_file(a.out, '--out', '.csv')
     metrics = [m.strip() for m in a.metrics.split(',')] if a.metrics is not None else None

@@ -21,7 +21,7 @@ __all__ = ['METRICS', 'MIN_SIZE', 'SOURCE_REDUCTIONS', 'MI_UNITS', 'VIF_SIZES', 
            'QABF_ORIENTATION', 'SSIM_WIN', 'SSIM_K', 'CONVENTIONS', 'check_gray255', 'entropy', 'standard_deviation',
            'spatial_frequency', 'average_gradient', 'mutual_info', 'mutual_information', 'pearson', 'scd', 'cc',
            'separable_filter', 'gaussian_window', 'vif_index', 'vif', 'sobel', 'qabf', 'ssim_index', 'ssim', 'mse',
-           'psnr', 'compute_metrics', 'EvalResult', 'evaluate_folders', 'reference_dir', 'compare_to_reference']
+           'psnr', 'check_conventions', 'check_metrics', 'compute_metrics']
 
 # %% ../nbs/01_metrics.ipynb #492ed4e4
 METRICS = ('EN', 'SD', 'SF', 'AG', 'MI', 'SCD', 'VIF', 'Qabf', 'SSIM', 'SSIM_255', 'MSE', 'CC', 'PSNR')
@@ -389,7 +389,7 @@ def psnr(
 # %% ../nbs/01_metrics.ipynb #0200f98e
 CONVENTIONS = dict(reduce_sources='sum', mi_unit='nats', ssim_data_range=2., psnr_peak='max', ssim_float64=False)
 
-def _check_conventions(conv: dict) -> dict:
+def check_conventions(conv: dict) -> dict:
     "Fill in and validate convention keyword arguments (see `CONVENTIONS`)."
     unknown = sorted(set(conv) - set(CONVENTIONS))
     if unknown: raise FusionInputError(f"unknown convention(s) {unknown}: expected some of {list(CONVENTIONS)}")
@@ -400,7 +400,7 @@ def _check_conventions(conv: dict) -> dict:
         raise FusionInputError(f"`ssim_data_range`: expected a positive number (2 or 255), got {c['ssim_data_range']!r}")
     return c
 
-def _check_metrics(metrics) -> tuple[str, ...]:
+def check_metrics(metrics) -> tuple[str, ...]:
     "Validate metric names (None: all of `METRICS`), in the order given."
     if metrics is None: return METRICS
     if isinstance(metrics, str): metrics = (metrics,)
@@ -424,8 +424,8 @@ def compute_metrics(
     ssim_float64: bool=False,   # SSIM in float64 instead of the evaluator's float32
 ) -> dict[str, Tensor]:         # metric name -> (B,) float64 on the inputs' device
     "Fusion metrics of F against IR and VIS, per image, under the evaluator's conventions by default."
-    metrics = _check_metrics(metrics)
-    c = _check_conventions(dict(ssim_data_range=ssim_data_range, reduce_sources=reduce_sources, mi_unit=mi_unit,
+    metrics = check_metrics(metrics)
+    c = check_conventions(dict(ssim_data_range=ssim_data_range, reduce_sources=reduce_sources, mi_unit=mi_unit,
                                 psnr_peak=psnr_peak, ssim_float64=ssim_float64))
     f, a, b = _check_triplet(fused, ir, vis, max(MIN_SIZE.get(m, 1) for m in metrics))
     red = lambda v: _reduce(v, c['reduce_sources'])
@@ -444,165 +444,3 @@ def compute_metrics(
         SSIM_255=lambda: red(_ssim_from_stats(sst(), 255.)),
         MSE=mse_, CC=lambda: _cc(f, a, b), PSNR=lambda: _psnr(f, mse_(), c['psnr_peak']))
     return {m: fns[m]() for m in metrics}
-
-# %% ../nbs/01_metrics.ipynb #4bd854a3
-def _listing(items: list[str], sep: str=', ', k: int=5) -> str:
-    "The first `k` of `items` joined by `sep`, then how many more."
-    return sep.join(items[:k]) + (f"{sep}... ({len(items) - k} more)" if len(items) > k else '')
-
-@dataclass
-class EvalResult:
-    "Per-image fusion metrics of a folder, their means over defined values, what could not be scored, the conventions."
-    per_image: dict[str, dict[str, float]]           # fused file name -> metric -> value (NaN where undefined)
-    metrics: tuple[str, ...] = METRICS               # column order
-    conventions: dict = field(default_factory=lambda: dict(CONVENTIONS))
-    failed: dict[str, str] = field(default_factory=dict)  # fused file name -> one-line reason it was not scored
-    missing: list[str] = field(default_factory=list)      # stems of source pairs (IR and VIS) with no fused image
-
-    @property
-    def undefined(self) -> dict[str, int]:
-        "Metric -> number of images where it is undefined (NaN), for the metrics with at least one."
-        counts = {m: sum(math.isnan(v[m]) for v in self.per_image.values()) for m in self.metrics}
-        return {m: k for m, k in counts.items() if k}
-
-    @property
-    def mean(self) -> dict[str, float]:
-        "Mean of each metric over the images where it is defined (NaN left out, inf kept); NaN if defined nowhere."
-        def avg(vals): return sum(vals) / len(vals) if vals else math.nan
-        return {m: avg([v[m] for v in self.per_image.values() if not math.isnan(v[m])]) for m in self.metrics}
-
-    @property
-    def ok(self) -> bool:
-        "True when every fused image was scored and every source pair has a fused image."
-        return not self.failed and not self.missing
-
-    @property
-    def problems(self) -> list[str]:
-        "One line per kind of problem: each metric with undefined values, the failed images, the missing pairs."
-        n = len(self.per_image)
-        lines = [f"{m} undefined (NaN) for {k} of {n} image(s): {'no mean' if k == n else 'excluded from its mean'}"
-                 for m, k in self.undefined.items()]
-        if self.failed: lines.append(f"{len(self.failed)} fused image(s) could not be evaluated: "
-                                     + _listing([f"{k} ({r})" for k, r in self.failed.items()], '; '))
-        if self.missing: lines.append(f"{len(self.missing)} source pair(s) have no fused image: {_listing(self.missing)}")
-        return lines
-
-    def to_dict(self) -> dict:
-        "Plain-Python view: per_image, mean, count, undefined, failed, missing, ok, metrics, conventions."
-        return dict(per_image=self.per_image, mean=self.mean, count=len(self.per_image), undefined=self.undefined,
-                    failed=dict(self.failed), missing=list(self.missing), ok=self.ok, metrics=list(self.metrics),
-                    conventions=dict(self.conventions))
-
-    def to_csv(self, path: Path|str) -> Path:
-        "Write one row per image and a last row `mean` (full precision, `nan` where undefined), atomically."
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator='\n')
-        w.writerow(['image', *self.metrics])
-        for name, v in self.per_image.items(): w.writerow([name, *(repr(v[m]) for m in self.metrics)])
-        w.writerow(['mean', *(repr(v) for v in self.mean.values())])
-        return atomic_write_bytes(path, buf.getvalue().encode())
-
-    def to_markdown(self, digits: int=4) -> str:
-        "A markdown table of the means with the image count, one line per problem, and the conventions."
-        fmt = lambda v: 'undefined' if math.isnan(v) else f'{v:.{digits}f}'
-        c, mean = self.conventions, self.mean
-        head = f"| images | {' | '.join(self.metrics)} |\n|---|{'---|' * len(self.metrics)}\n"
-        row = f"| {len(self.per_image)} | {' | '.join(fmt(mean[m]) for m in self.metrics)} |\n"
-        problems = ''.join(f"- {p}\n" for p in self.problems)
-        note = (f"SSIM data range {c['ssim_data_range']:g}; MI in {c['mi_unit']}; MI/VIF/SSIM {c['reduce_sources']} over "
-                f"IR and VIS; PSNR peak {c['psnr_peak']}{'; SSIM in float64' if c['ssim_float64'] else ''}.\n")
-        return head + row + '\n' + (problems + '\n' if problems else '') + note
-
-    _repr_markdown_ = to_markdown
-    def __repr__(self):
-        extra = ''.join(f", {len(x)} {k}" for k, x in (('failed', self.failed), ('missing', self.missing)) if x)
-        return f"EvalResult({len(self.per_image)} images{extra}, mean={ {k: round(v, 4) for k, v in self.mean.items()} })"
-
-# %% ../nbs/01_metrics.ipynb #6290c3ac
-def _size(x: Tensor) -> str: return f"{x.shape[-1]}x{x.shape[-2]}"
-
-def _load_triplet(fp: Path, stem: str, irs: dict, vis: dict, ir_dir, vi_dir) -> tuple[Tensor, Tensor, Tensor]:
-    "Fused image `fp` and its sources as (1, 1, H, W) grey levels; `FusionInputError` (one line) when it cannot be scored."
-    no = [f"no {what} source named {stem}.* in {d}" for d, src, what in ((ir_dir, irs, 'infrared'), (vi_dir, vis, 'visible'))
-          if stem not in src]
-    if no: raise FusionInputError(' and '.join(no))
-    f, a, b = load_gray255(fp), load_gray255(irs[stem]), load_gray255(vis[stem])
-    if not (f.shape == a.shape == b.shape):
-        raise FusionInputError(f"sizes differ (W x H): {fp} is {_size(f)}, {irs[stem]} is {_size(a)}, {vis[stem]} is {_size(b)}")
-    return f, a, b
-
-def evaluate_folders(
-    fused_dir: Path|str,        # folder of fused images
-    ir_dir: Path|str,           # folder of infrared sources (same stems as the fused images)
-    vi_dir: Path|str,           # folder of visible sources
-    metrics=None,               # names from `METRICS` (None: all)
-    progress: bool=True,        # show a tqdm progress bar
-    device: str|torch.device='cpu', # where to compute ('cuda' for a GPU)
-    names=None,                 # fused file names to score (None: every image in `fused_dir`)
-    **conventions,              # options of `compute_metrics` (see `CONVENTIONS`)
-) -> EvalResult:                # per-image values, plus `failed` images and `missing` pairs
-    "Score every fused image in `fused_dir` against the IR and VIS images with the same stem; record what cannot be scored."
-    from tqdm.auto import tqdm
-    for arg, d in (('fused_dir', fused_dir), ('ir_dir', ir_dir), ('vi_dir', vi_dir)):
-        if not isinstance(d, (str, Path)) or not str(d).strip(): raise FusionInputError(f"`{arg}`: expected a folder of images, got {d!r}")
-        if not Path(d).is_dir(): raise FusionInputError(f"`{arg}`: {d} does not exist or is not a folder; expected a folder of images")
-    if Path(fused_dir).resolve() in (Path(ir_dir).resolve(), Path(vi_dir).resolve()):
-        raise FusionInputError(f"`fused_dir`: {fused_dir} is a source folder; expected the folder of fused images")
-    if isinstance(names, str): names = [names]
-    if names is not None and (not names or not all(isinstance(n, str) and n for n in names)):
-        raise FusionInputError(f"`names`: expected a non-empty list of fused file names, got {names!r}")
-    metrics, conv = _check_metrics(metrics), _check_conventions(conventions)
-    device = resolve_device(device)
-    fused, irs, vis = list_images(fused_dir), list_images(ir_dir), list_images(vi_dir)
-    if not fused: raise FusionInputError(f"`fused_dir`: no images ({', '.join(IMAGE_EXTS)}) in {fused_dir}")
-    if names is not None:
-        by_name = {p.name: (s, p) for s, p in fused.items()}
-        unknown = [n for n in names if n not in by_name]
-        if unknown: raise FusionInputError(f"`names`: not in {fused_dir}: {_listing(unknown)}")
-        fused = dict(by_name[n] for n in names)
-    missing = [] if names is not None else [s for s in irs if s in vis and s not in fused]  # a chosen subset misses nothing
-    per_image, failed = {}, {}
-    for stem, fp in tqdm(fused.items(), desc='metrics', unit='img', disable=not progress):
-        try:
-            f, a, b = _load_triplet(fp, stem, irs, vis, ir_dir, vi_dir)
-            m = compute_metrics(f.to(device), a.to(device), b.to(device), metrics, **conv)
-        except FusionInputError as e: failed[fp.name] = ' '.join(str(e).splitlines()); continue
-        per_image[fp.name] = {k: float(v[0]) for k, v in m.items()}
-    if not per_image:
-        (n, why), more = next(iter(failed.items())), len(failed) - 1
-        raise FusionInputError(f"`fused_dir`: none of the {len(failed)} fused image(s) in {fused_dir} could be evaluated: "
-                               f"{n}: {why}{f' (and {more} more failed)' if more else ''}")
-    return EvalResult(per_image, metrics, conv, failed, missing)
-
-# %% ../nbs/01_metrics.ipynb #b72fca2c
-def reference_dir() -> Path|None:
-    "`shared/reference` (reference metric values and fused images), or None when the shared folder is absent."
-    from sfofusion.core import shared_dir
-    s = shared_dir()
-    return s/'reference' if s is not None and (s/'reference'/'metrics').is_dir() else None
-
-# %% ../nbs/01_metrics.ipynb #e72dd0fc
-def compare_to_reference(
-    spec_path: Path|str,  # a reference JSON file: source, fused, per_image {name: {metric: value or null}}
-    names=None,           # the images to check (None: all in the file)
-    progress: bool=False, # show a progress bar
-    **conventions,        # conventions for `evaluate_folders` (the reference used the defaults)
-) -> dict[str, tuple]:    # metric -> (largest deviation, image name, ours, reference)
-    "Largest deviation per metric between `evaluate_folders` and a reference JSON: |ours - ref| / max(|ref|, 0.1); NaN must be null."
-    spec_path = Path(spec_path)
-    spec = __import__('json').loads(spec_path.read_text())
-    root = spec_path.parents[2]                                   # `shared/` (reference/metrics/x.json)
-    src = root/spec['source']
-    names = list(spec['per_image']) if names is None else list(names)
-    res = evaluate_folders(root/spec['fused'], src/'ir', src/'vi', progress=progress, names=names, **conventions)
-    if res.failed:   # every image of a reference must be scored
-        raise FusionInputError(f"{spec_path}: {len(res.failed)} image(s) could not be evaluated: "
-                               + _listing([f"{k} ({r})" for k, r in res.failed.items()], '; '))
-    worst = {}
-    for name in names:
-        for m, r in spec['per_image'][name].items():
-            v = res.per_image[name][m]
-            if r is None: dev = 0. if math.isnan(v) else math.inf
-            else: dev = abs(v - r) / max(abs(r), 0.1) if not math.isnan(v) else math.inf
-            if m not in worst or dev > worst[m][0]: worst[m] = (dev, name, v, r)
-    return worst

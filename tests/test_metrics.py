@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from sfofusion.core import FusionInputError, load_gray255, save_image
-from sfofusion.metrics import (METRICS, CONVENTIONS, QABF_GRADIENT, QABF_ORIENTATION, EvalResult, average_gradient, cc,
-                               compare_to_reference, compute_metrics, entropy, evaluate_folders, mse, mutual_info,
-                               mutual_information, pearson, psnr, qabf, reference_dir, scd, separable_filter, sobel,
+from sfofusion.evaluate import EvalResult, compare_to_reference, evaluate_folders, reference_dir
+from sfofusion.metrics import (METRICS, CONVENTIONS, QABF_GRADIENT, QABF_ORIENTATION, average_gradient, cc, compute_metrics,
+                               entropy, mse, mutual_info, mutual_information, pearson, psnr, qabf, scd, separable_filter, sobel,
                                spatial_frequency, ssim, ssim_index, standard_deviation, vif, vif_index)
 
 REF = reference_dir()

@@ -459,7 +459,7 @@ def test_same_source_twice_is_refused(sf, pairs, fused):
 def test_python_flags_and_paths_are_checked(pairs):
     from sfofusion.core import FusionInputError
     from sfofusion.fuse import fuse, fuse_folder
-    from sfofusion.metrics import evaluate_folders
+    from sfofusion.evaluate import evaluate_folders
     net = build_model(SFOFusionConfig(width=4, ctx_width=8))
     with pytest.raises(FusionInputError, match="`overwrite`: expected True or False, got 'no'"):
         fuse_folder(pairs/'ir', pairs/'vi', pairs/'o', model=net, overwrite='no', progress=False)
