@@ -91,7 +91,7 @@ def _run_eval(a) -> int:
     from sfofusion.core import FusionInputError, resolve_device
     from sfofusion.evaluate import evaluate_folders
     from sfofusion.train import read_names
-    if a.out is not None: check_out_file(a.out, '--out', '.csv')
+    if a.out is not None: check_out_file(a.out, 'out', '.csv')
     metrics = [m.strip() for m in a.metrics.split(',')] if a.metrics is not None else None
     if metrics is not None and not all(metrics): raise FusionInputError(f"--metrics: expected comma-separated names such as EN,SD,VIF, got {a.metrics!r}")
     if metrics is not None and len(set(metrics)) < len(metrics): raise FusionInputError(f"--metrics: {a.metrics!r} names a metric twice")
@@ -215,15 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_fuse, _add_eval, _add_data, _add_train): add(sub)
     return p
 
-def check_out_file(path: Path, flag: str, suffix: str) -> None:
-    "Raise unless `path` can be written as a file: the right suffix, not a folder, no file where a parent folder should be."
-    from sfofusion.core import FusionInputError
-    if path.suffix.lower() != suffix: raise FusionInputError(f"{flag}: expected a {suffix} file name, got {path}")
-    if path.is_dir(): raise FusionInputError(f"{flag}: {path} is a folder; expected a {suffix} file name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir(): raise FusionInputError(f"{flag}: {parent} is a file, so {path} cannot be created")
-            break
+def check_out_file(path: Path, arg: str, suffix: str) -> None:
+    "Raise unless `path` ends in `suffix` and can be written (core's `check_writable`), before any work."
+    from sfofusion.core import FusionInputError, check_writable
+    if path.suffix.lower() != suffix: raise FusionInputError(f"`{arg}`: expected a {suffix} file name, got {path}")
+    check_writable(path, arg, folder=False)
 
 # %% ../nbs/16_cli.ipynb #29d4d205
 _ALIASES = {'name_or_path': '--model', 'ir_dir': '--ir', 'vi_dir': '--vi', 'vis': '--vi', 'fused_dir': '--fused'}

@@ -170,6 +170,11 @@ def _colourise(y: Tensor, cbcr: Tensor|None, gray: bool) -> Tensor:
     if gray or cbcr is None: return y
     return ycbcr_to_rgb(torch.cat([y, cbcr.to(y)], 1))
 
+def _check_tile(tile) -> None:
+    "Raise unless `tile` is None (automatic) or an integer side >= 16."
+    if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < 16):
+        raise FusionInputError(f"`tile`: expected None or an integer >= 16, got {tile!r}")
+
 def fuse(ir: str|Path|np.ndarray|Tensor,  # infrared: file, array (H, W[, 3]) uint8/uint16/float, or tensor in [0, 1]
          vis: str|Path|np.ndarray|Tensor, # visible, same forms; colour is kept
          model: str|Path|nn.Module='msrs', # shipped name, saved folder, or network
@@ -182,8 +187,7 @@ def fuse(ir: str|Path|np.ndarray|Tensor,  # infrared: file, array (H, W[, 3]) ui
         ) -> np.ndarray|Tensor:           # uint8 (H, W[, 3]) for paths/arrays; float tensor in [0, 1] for tensors; RGB unless `bgr`
     "Fuse one infrared–visible pair (or a batch of tensors), restoring the visible colour."
     for k, v in (('gray', gray), ('resize', resize), ('bgr', bgr)): check_flag(v, k)
-    if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < 16):
-        raise FusionInputError(f"`tile`: expected None or an integer >= 16, got {tile!r}")
+    _check_tile(tile)
     tensors = isinstance(ir, Tensor), isinstance(vis, Tensor)
     if tensors[0] != tensors[1]: raise FusionInputError(f"`ir` and `vis`: give both as tensors or neither, got {type(ir).__name__} and {type(vis).__name__}")
     y_ir, _ = as_input(ir, 'ir', bgr)
@@ -333,8 +337,7 @@ def fuse_folder(ir: str|Path,             # infrared folder, file or glob patter
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise FusionInputError(f"`batch_size`: expected an integer >= 1, got {batch_size!r}")
     for k, v in (('gray', gray), ('overwrite', overwrite), ('resize', resize), ('progress', progress)): check_flag(v, k)
-    if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < 16):
-        raise FusionInputError(f"`tile`: expected None or an integer >= 16, got {tile!r}")
+    _check_tile(tile)
     check_path(ir, 'ir'); check_path(vi, 'vi')
     t0, out = time.perf_counter(), check_path(out, 'out')
     check_writable(out, 'out')

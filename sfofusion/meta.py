@@ -174,7 +174,7 @@ def holdout_split(n: int, holdout: int, split_seed: int=0) -> tuple[list, list]:
     return sorted(perm[holdout:]), sorted(perm[:holdout])
 
 # %% ../nbs/11_meta.ipynb #c702f354
-from .engine import (LoopState, RUN_FILES, autocast_for, check_keys, config_field, dry_run_report, log_row, lr_at,
+from .engine import (LoopState, RUN_FILES, autocast_for, check_keys, config_field, dry_run_report, log_row, lr_at, require,
                               make_scaler, nested_config, optimizer_step, read_log, replica_max_diff, resume_from, run_loop,
                               save_step_checkpoint, start_run, last_row)
 from .train import TrainConfig, check_crop, initial_model, synthetic_size
@@ -215,7 +215,7 @@ class MetaConfig(TrainConfig):
                                ('gen_lr', self.gen_lr >= 0, 'a number >= 0'), ('task_lr', self.task_lr >= 0, 'a number >= 0'),
                                ('scale', 0 < self.scale <= 4, 'a number in (0, 4]'), ('holdout', self.holdout >= 0, 'an integer >= 0'),
                                ('steps_per_epoch', self.steps_per_epoch >= 0, 'an integer >= 0'), ('val_pairs', self.val_pairs >= 0, 'an integer >= 0')):
-            if not ok: raise FusionInputError(f"config field `{name}`: expected {want}, got {getattr(self, name)!r}")
+            require(self, name, ok, want)
 
 def build_task_data(cfg: MetaConfig) -> tuple:
     "(training crops, held-out items) for the task run described by `cfg`."

@@ -19,10 +19,10 @@ CLI = str(Path(sys.executable).with_name('sfofusion'))
 ENV = dict(os.environ, OMP_NUM_THREADS='1')
 
 
-def usage_blocks(kind: str) -> list[str]:
-    "The fenced blocks of `kind` (sh, python, yaml) in the README's Usage section."
+def usage_blocks(kind: str, start: str='## Usage', end: str='## Shipped models') -> list[str]:
+    "The fenced blocks of `kind` (sh, python, yaml) in the README section from `start` to `end`."
     text = (ROOT/'README.md').read_text()
-    usage = text[text.index('## Usage'):text.index('## Shipped models')]
+    usage = text[text.index(start):text.index(end)]
     return re.findall(rf'```{kind}\n(.*?)```', usage, re.S)
 
 
@@ -89,8 +89,8 @@ def test_readme_commands_run_as_written(user_dir):
 
 
 def test_readme_python_blocks_run(user_dir):
-    blocks = usage_blocks('python')
-    assert len(blocks) >= 2
+    blocks = usage_blocks('python') + usage_blocks('python', '## Python, step by step', '## Reproduction report')
+    assert len(blocks) >= 4
     for code in blocks:
         r = subprocess.run([sys.executable, '-c', code], cwd=user_dir, capture_output=True, text=True, env=ENV, timeout=300)
         assert r.returncode == 0, (code, r.stderr[-2000:])

@@ -243,6 +243,8 @@ def test_eval_out_under_a_file_or_onto_a_source(sf, fused):
     base = ('eval', '--fused', fused/'f', '--ir', fused/'ir', '--vi', fused/'vi', '--no-progress')
     rc, _, err = sf(*base, '--out', fused/'afile'/'r.csv')
     assert rc == 2 and 'is a file, so' in one_error(err, 'eval')
+    rc, _, err = sf(*base, '--out', fused/'ir')
+    assert rc == 2 and one_error(err, 'eval').startswith('sfofusion eval: error: --out: ')
     rc, _, err = sf(*base, '--out', fused/'ir'/'a.png')
     assert rc == 2 and '--out: expected a .csv file name' in one_error(err, 'eval')
     with pytest.raises(SystemExit) as e: main([str(a) for a in base] + ['--psnr-peak', 'abc'])   # argparse's own usage error
@@ -600,9 +602,10 @@ def test_eval_names_file_problems(sf, fused, tmp_path):
     assert rc == 0 and '| 2 |' in out, err
 
 
-def test_usage_errors_are_one_line(sf):
+def test_usage_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as e: main(['fuse', '--tile', 'abc'])
-    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == "sfofusion fuse: error: argument --tile: invalid int value: 'abc' (see sfofusion fuse --help)\n"
 
 
 def test_the_loss_scale_is_checkpointed_and_resumed(tmp_path, monkeypatch):
