@@ -24,8 +24,9 @@ __all__ = ['RUN_FILES', 'RESUME_FREE', 'read_config_file', 'coerce_value', 'chec
            'nested_config', 'require', 'is_int', 'is_num', 'config_field', 'lr_schedule', 'lr_at', 'epoch_batches',
            'save_checkpoint', 'load_checkpoint', 'save_step_checkpoint', 'checkpoint_problem', 'usable_checkpoint',
            'latest_checkpoint', 'RunStart', 'dry_run_report', 'open_run', 'parse_row', 'last_row', 'trim_log',
-           'setup_device', 'autocast_for', 'make_scaler', 'optimizer_step', 'replica_max_diff', 'Run', 'check_run_args',
-           'start_run', 'resume_from', 'save_on_interrupt', 'log_row', 'LoopState', 'run_loop', 'read_log', 'plot_log']
+           'setup_device', 'fast_kernels', 'autocast_for', 'make_scaler', 'optimizer_step', 'replica_max_diff', 'Run',
+           'check_run_args', 'start_run', 'resume_from', 'save_on_interrupt', 'log_row', 'LoopState', 'run_loop',
+           'read_log', 'plot_log']
 
 # %% ../nbs/06a_engine.ipynb #a17e588c
 def read_config_file(path: Path|str) -> dict:
@@ -371,10 +372,16 @@ def setup_device(cfg) -> tuple[int, int, torch.device]:
     if dev.type == 'cuda':
         if dev.index is None: dev = torch.device('cuda', torch.cuda.current_device())
         torch.cuda.set_device(dev)
-        torch.backends.cudnn.benchmark = True                 # fixed crop size: let cuDNN pick the fastest kernels
-        torch.backends.cuda.matmul.allow_tf32 = True          # TF32 matmuls/convs: ~free speed on Ampere+
-        torch.backends.cudnn.allow_tf32 = True
     return rank, world, dev
+
+@contextlib.contextmanager
+def fast_kernels(dev: torch.device):
+    "For a run's duration on CUDA: cuDNN autotuning (fixed crop size) and TF32 matmuls/convolutions (~free speed on Ampere+); the caller's settings are restored after."
+    if dev.type != 'cuda': yield; return
+    b, mm, cd = torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try: yield
+    finally: torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = b, mm, cd
 
 def autocast_for(dev: torch.device, precision: str):
     "Autocast context for `precision` ('fp32' disables it; bf16/fp16 only on CUDA)."
@@ -498,26 +505,27 @@ def run_loop(ds,                 # a dataset with `set_epoch` (e.g. `FusionCrops
     t0, seen, busy, n = time.perf_counter(), 0, 0., 0
     done = lambda: state.step >= cfg.steps or (stop_after is not None and state.step >= stop_after)
     try:
-        while not done():
-            per_epoch = len(ds) // (cfg.batch_size * run.world)
-            if per_epoch == 0: epoch_batches(len(ds), cfg.batch_size, 0, cfg.seed, run.rank, run.world)  # raises clearly
-            epoch, offset = divmod(state.step, per_epoch)
-            ds.set_epoch(epoch)
-            batches = epoch_batches(len(ds), cfg.batch_size, epoch, cfg.seed, run.rank, run.world)[offset:]
-            for batch in torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=cfg.num_workers,
-                                                     collate_fn=collate, pin_memory=run.dev.type == 'cuda'):
-                if done(): break
-                ts = time.perf_counter()
-                row = step_fn(batch, state.step)
-                state.skipped += bool(row.pop('skipped_step', False))
-                state.step += 1; n += 1; busy += time.perf_counter() - ts; seen += len(batch['ir']) * run.world
-                state.row = row = {**row, 'skipped': state.skipped, 's_per_step': busy / n,
-                                   'samples_per_s': seen / (time.perf_counter() - t0)}
-                if run.rank == 0:
-                    if state.step % cfg.log_every == 0 or state.step == cfg.steps: log_row(run.out/'log.jsonl', dict(step=state.step, **row))
-                    if bar is not None: bar.update(1); bar.set_postfix(loss=f"{row['loss']:.4f}", skipped=state.skipped)
-                if after_step is not None: after_step(state.step)
-                if cfg.ckpt_every and state.step % cfg.ckpt_every == 0 and state.step < cfg.steps: checkpoint(state.step)
+        with fast_kernels(run.dev):
+            while not done():
+                per_epoch = len(ds) // (cfg.batch_size * run.world)
+                if per_epoch == 0: epoch_batches(len(ds), cfg.batch_size, 0, cfg.seed, run.rank, run.world)  # raises clearly
+                epoch, offset = divmod(state.step, per_epoch)
+                ds.set_epoch(epoch)
+                batches = epoch_batches(len(ds), cfg.batch_size, epoch, cfg.seed, run.rank, run.world)[offset:]
+                for batch in torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=cfg.num_workers,
+                                                         collate_fn=collate, pin_memory=run.dev.type == 'cuda'):
+                    if done(): break
+                    ts = time.perf_counter()
+                    row = step_fn(batch, state.step)
+                    state.skipped += bool(row.pop('skipped_step', False))
+                    state.step += 1; n += 1; busy += time.perf_counter() - ts; seen += len(batch['ir']) * run.world
+                    state.row = row = {**row, 'skipped': state.skipped, 's_per_step': busy / n,
+                                       'samples_per_s': seen / (time.perf_counter() - t0)}
+                    if run.rank == 0:
+                        if state.step % cfg.log_every == 0 or state.step == cfg.steps: log_row(run.out/'log.jsonl', dict(step=state.step, **row))
+                        if bar is not None: bar.update(1); bar.set_postfix(loss=f"{row['loss']:.4f}", skipped=state.skipped)
+                    if after_step is not None: after_step(state.step)
+                    if cfg.ckpt_every and state.step % cfg.ckpt_every == 0 and state.step < cfg.steps: checkpoint(state.step)
     except KeyboardInterrupt:
         save_on_interrupt(checkpoint, state.step, run.world, bar)
         raise
