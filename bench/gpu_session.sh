@@ -16,9 +16,9 @@ for prec in bf16 fp32; do
   python3 bench/bench_train.py --device cuda --batch 16 --crop 256 --precision $prec --steps 30 --json | tee -a $OUT/train_throughput.jsonl
 done
 echo "=== meta-learning experiment"
-timeout ${EXP_TIMEOUT:-400} python3 bench/meta_experiment.py --data msrs:.gpudata/MSRS/test --scale 1 --device cuda \
-    --seeds 0,1,2 --fusion-steps ${FUSION_STEPS:-300} --fusion-lr 5e-4 --det-steps ${DET_STEPS:-600} \
-    --init-weights sfofusion/weights/msrs --warm-task --out /tmp/exp
+timeout ${EXP_TIMEOUT:-400} python3 bench/meta_experiment.py /tmp/exp.ipynb -p data msrs:.gpudata/MSRS/test -p scale 1 \
+    -p device cuda -p small_heads false -p holdout 71 -p seeds "[0, 1, 2]" -p fusion_steps ${FUSION_STEPS:-300} \
+    -p fusion_lr 5e-4 -p det_steps ${DET_STEPS:-600} -p init_weights sfofusion/weights/msrs -p warm_task true -p out_dir /tmp/exp
 cp /tmp/exp/rows.jsonl /tmp/exp/summary.json $OUT/ 2>/dev/null
 for m in fusion meta; do cp /tmp/exp/seed0/$m/log.jsonl $OUT/log_$m.jsonl 2>/dev/null; done
 ls -la $OUT

@@ -1,47 +1,40 @@
-"""The meta-learning experiment from the command line (for a GPU box; the notebook 21_meta_experiment does the same).
+"""Run the meta-learning experiment: a thin wrapper over its one entry point, the papermill notebook
+nbs/21_meta_experiment.ipynb (so a GPU box or a shell script gets exactly the notebook's defaults and derived settings).
 
-    python bench/meta_experiment.py --data msrs:../shared/data/MSRS/test --scale 0.5 --device cuda --out runs/meta_exp
-    python bench/meta_experiment.py --json ...   # also print the summary as JSON
+    python bench/meta_experiment.py runs/meta_exp.ipynb -p data msrs:../shared/data/MSRS/test -p seeds "[0, 1, 2]" \
+        -p small_heads false -p device cuda -p out_dir runs/meta_exp
 
-Prints the summary table (mean ± sd over seeds) and writes rows.jsonl and summary.json into --out.
+Each `-p NAME VALUE` sets one parameter of the notebook's `parameters` cell (VALUE read as YAML: numbers, true/false,
+lists); an unknown NAME is refused with the list of valid ones. The executed notebook is written to OUTPUT.
 """
-import argparse, json
+import argparse, sys
+from pathlib import Path
 
-from sfofusion.experiment import ExperimentConfig, run_experiment, summary_markdown
+import papermill as pm
+import yaml
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / 'nbs' / '21_meta_experiment.ipynb'
 
 
-def main():
+def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--data', default='synthetic')
-    p.add_argument('--scale', type=float, default=0.5)
-    p.add_argument('--holdout', type=int, default=71)
-    p.add_argument('--seeds', default='0,1')
-    p.add_argument('--fusion-steps', type=int, default=400)
-    p.add_argument('--fusion-batch', type=int, default=16)
-    p.add_argument('--crop', type=int, default=128)
-    p.add_argument('--steps-per-epoch', type=int, default=100)
-    p.add_argument('--det-steps', type=int, default=800)
-    p.add_argument('--det-batch', type=int, default=16)
-    p.add_argument('--det-crop', type=int, default=0, help='detector trains on random crops of this size (0: whole images)')
-    p.add_argument('--fusion-lr', type=float, default=2e-3)
-    p.add_argument('--init-weights', default='', help='start the SFOFusion variants from this fusion-only model')
-    p.add_argument('--warm-task', action='store_true', help='and their task head from a detector trained on its fused images')
-    p.add_argument('--device', default='cpu')
-    p.add_argument('--precision', default='fp32')
-    p.add_argument('--out', default='runs/meta_experiment')
-    p.add_argument('--json', action='store_true')
-    a = p.parse_args()
-    cfg = ExperimentConfig(data=a.data, scale=a.scale, holdout=a.holdout, seeds=[int(s) for s in a.seeds.split(',')],
-                           device=a.device, out_dir=a.out, warm_task=a.warm_task,
-                           fusion=dict(steps=a.fusion_steps, batch_size=a.fusion_batch, crop=a.crop, precision=a.precision,
-                                       lr=a.fusion_lr, steps_per_epoch=a.steps_per_epoch, warmup_steps=min(50, a.fusion_steps // 10),
-                                       **({'init_weights': a.init_weights} if a.init_weights else {})),
-                           recipe=dict(steps=a.det_steps, batch_size=a.det_batch, warmup_steps=min(100, a.det_steps // 10),
-                                       crop=a.det_crop or None))
-    res = run_experiment(cfg)
-    print(summary_markdown(res['summary']))
-    if a.json: print(json.dumps(res['summary']))
+    p.add_argument('output', type=Path, help='the executed notebook (.ipynb)')
+    p.add_argument('-p', nargs=2, action='append', default=[], metavar=('NAME', 'VALUE'), help='a notebook parameter')
+    a = p.parse_args(argv)
+    valid = pm.inspect_notebook(str(NOTEBOOK))
+    params = {}
+    for name, value in a.p:
+        if name not in valid: p.error(f"-p {name}: not a parameter of {NOTEBOOK.name}; valid: {', '.join(valid)}")
+        params[name] = yaml.safe_load(value)
+    if a.output.suffix != '.ipynb': p.error(f"OUTPUT: expected a .ipynb path, got {a.output}")
+    return a.output, params
+
+
+def main(argv=None):
+    out, params = parse(argv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(str(NOTEBOOK), str(out), parameters=params, cwd=str(Path.cwd()), log_output=True)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -5,7 +5,7 @@ import torch
 
 from sfofusion.baselines import (BASELINES, BaselineFusion, fuse_baseline, laplacian_pyramid, reconstruct_laplacian,
                                  wavelet_decompose, wavelet_reconstruct)
-from sfofusion.core import FusionInputError, load_gray255, shared_dir
+from sfofusion.core import FusionInputError, load_gray255
 
 NAMES = sorted(BASELINES)
 
@@ -76,12 +76,10 @@ def test_module_and_errors():
     with pytest.raises(FusionInputError, match='levels'): fuse_baseline('laplacian', ir, vis, levels=0)
 
 
-def test_reproduces_shared_average_reference():
+def test_reproduces_shared_average_reference(shared):
     """`fused/average/MSRS` is round-half-to-even((IR + round(VIS_grey)) / 2) on 0-255, VIS_grey OpenCV's BGR2GRAY
     (the evaluator's `load_gray255`). Fed those 8-bit greys, the average baseline gives the same images exactly."""
-    s = shared_dir()
-    if s is None: pytest.skip('shared data folder not found (set SFOFUSION_SHARED)')
-    src, ref = s/'data/MSRS/test', s/'reference/fused/average/MSRS'
+    src, ref = shared/'data/MSRS/test', shared/'reference/fused/average/MSRS'
     names = sorted(p.name for p in ref.glob('*.png'))[:3]
     if not names: pytest.skip(f'no reference images in {ref}')
     for n in names:

@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 import pytest
 
-from sfofusion.core import shared_dir
 from sfofusion.model import shipped_models
 
 CLI = str(Path(sys.executable).with_name('sfofusion'))
@@ -49,9 +48,8 @@ def test_fuse_folder_reports_failures_and_continues(tmp_path):
     assert run('fuse', '--ir', tmp_path/'ir').returncode != 0   # --vi / --out missing: a usage error
 
 
-def test_eval_reproduces_the_reference_means(tmp_path):
-    sd = shared_dir()
-    if sd is None: pytest.skip('needs the shared data folder (../shared) beside the repository')
+def test_eval_reproduces_the_reference_means(tmp_path, shared):
+    sd = shared
     ref = json.loads((sd/'reference'/'metrics'/'average_TNO.json').read_text())
     r = run('eval', '--fused', sd/'reference'/'fused'/'average'/'TNO', '--ir', sd/'data'/'TNO'/'ir',
             '--vi', sd/'data'/'TNO'/'vi', '--out', tmp_path/'r.csv', '--no-progress', '--metrics', 'EN,MI,VIF,Qabf,SSIM')

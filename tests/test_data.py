@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from sfofusion.core import FusionInputError, Pair, rgb_to_ycbcr, shared_dir
+from sfofusion.core import FusionInputError, Pair, rgb_to_ycbcr
 from sfofusion.data.crops import _pad_reflect      # a private helper, tested where it lives
 from sfofusion.data import (BOX_TOL_PX, DATASET_SOURCES, DATASETS, FMB, IGNORE_INDEX, LLVIP, M3FD, MSRS, TNO,
                             BoxLines, DatasetDownloadError, FusionCrops, Layout, MergedLabels, PairFolder, RoadScene,
@@ -832,16 +832,11 @@ def test_check_argument_errors_raise_and_bad_folders_are_reported(tmp_path):
 
 # ---------------------------------------------------------------- the shared real data
 
-def _shared(sub: str) -> Path:
-    sd = shared_dir()
-    if sd is None or not (sd/'data'/sub).is_dir(): pytest.skip(f"shared data folder {sub} not available (set SFOFUSION_SHARED)")
-    return sd/'data'/sub
-
 @pytest.mark.slow
-def test_shared_msrs_boxes():
-    ds = get_dataset('msrs', _shared('MSRS/test'), cbcr=True)
+def test_shared_msrs_boxes(shared_path):
+    ds = get_dataset('msrs', shared_path('data/MSRS/test'), cbcr=True)
     assert len(ds) == 271 and ds.layout.boxes.class_names == ('person', 'bicycle', 'car')
-    srcs = {s: MSRS(_shared('MSRS/test'), box_set=s).layout.boxes for s in ('fusion', 'infrared', 'visible')}
+    srcs = {s: MSRS(shared_path('data/MSRS/test'), box_set=s).layout.boxes for s in ('fusion', 'infrared', 'visible')}
     n = {s: sum(len(src.read(p, 640, 480)[1]) for p in ds.names) for s, src in srcs.items()}
     assert n == dict(fusion=1107, infrared=1330, visible=741)  # as counted in SOURCES.md
     it = ds[ds.names.index('00004N')]
@@ -849,8 +844,8 @@ def test_shared_msrs_boxes():
     assert (it['boxes'] >= 0).all() and (it['boxes'] <= torch.tensor([640., 480, 640, 480])).all()
 
 @pytest.mark.slow
-def test_shared_llvip_merged_labels_and_checks():
-    root = _shared('LLVIP')
+def test_shared_llvip_merged_labels_and_checks(shared_path):
+    root = shared_path('data/LLVIP')
     with pytest.warns(SkippedDataWarning, match='27 bad pair'):
         ds = LLVIP(root, skip_bad=True)
     assert ds.names == ['010001', '010005', '010011', '010021', '010101']
@@ -859,19 +854,19 @@ def test_shared_llvip_merged_labels_and_checks():
     rep = check_dataset(root)
     assert set(rep.issues) == {'missing'} and len(rep.issues['missing']) == 27
     for sub in ('TNO', 'RoadScene', 'M3FD'):
-        r = check_dataset(_shared(sub))
+        r = check_dataset(shared_path(f'data/{sub}'))
         assert r.ok, r.summary()
         assert r.n_pairs == dict(TNO=20, RoadScene=171, M3FD=1)[sub]
 
 @pytest.mark.slow
-def test_shared_roadscene_crops_of_odd_sizes():
-    ds = FusionCrops(RoadScene(_shared('RoadScene'), cbcr=True), size=(256, 512), seed=0)  # wider than most images
+def test_shared_roadscene_crops_of_odd_sizes(shared_path):
+    ds = FusionCrops(RoadScene(shared_path('data/RoadScene'), cbcr=True), size=(256, 512), seed=0)  # wider than most images
     b = collate_fusion([ds[i] for i in range(4)])
     assert b['ir'].shape == (4, 1, 256, 512) and b['cbcr'].shape == (4, 2, 256, 512)
 
 @pytest.mark.slow
-def test_shared_folders_all_check_ok_llvip_with_notes():
-    reps = {s: check_dataset(_shared(s)) for s in ('MSRS', 'TNO', 'RoadScene', 'LLVIP', 'M3FD')}
+def test_shared_folders_all_check_ok_llvip_with_notes(shared_path):
+    reps = {s: check_dataset(shared_path(f'data/{s}')) for s in ('MSRS', 'TNO', 'RoadScene', 'LLVIP', 'M3FD')}
     assert {s: (r.ok, r.n_pairs, len(r.notes)) for s, r in reps.items()} == dict(
         MSRS=(True, 271, 0), TNO=(True, 20, 0), RoadScene=(True, 171, 0), LLVIP=(True, 32, 27), M3FD=(True, 1, 0)), \
         '\n'.join(r.summary(3) for r in reps.values())

@@ -185,7 +185,7 @@ def test_errors_name_the_argument():
     f5 = f[..., :5, :5]
     assert torch.isfinite(fusion_loss(f5, ir[..., :5, :5], vis[..., :5, :5], LossConfig(ssim=0.))[0])  # small images without SSIM
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
 def test_cuda_matches_cpu():
     f, ir, vis = pair()
     w = torch.rand(2, 1, 24, 28)

@@ -300,7 +300,7 @@ def test_no_autograd_graph_and_inputs_untouched():
     assert not any(v.requires_grad for v in out.values())
     assert all(torch.equal(t, k) for t, k in zip((f, a, b), keep))
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+@pytest.mark.cuda
 def test_cuda_matches_cpu():
     f, a, b = triplet(96, 128, batch=2, seed=4)
     cpu = compute_metrics(f, a, b)
@@ -492,3 +492,28 @@ def test_compare_to_reference_on_a_small_reference(tmp_path):
     (fd/'c.png').write_bytes(b'not a png')
     with pytest.raises(FusionInputError, match=r"small\.json: 1 image\(s\) could not be evaluated: c\.png \(.*cannot decode"):
         compare_to_reference(spec)
+
+
+# ---------------------------------------------------------------- a second implementation (NumPy/SciPy)
+
+def _numpy_agrees(f, a, b):
+    "Every metric of ours within 1e-3 relative (1e-4 absolute below 0.1) of the NumPy/SciPy implementation."
+    from numpy_metrics import numpy_metrics
+    ours = {k: v.item() for k, v in compute_metrics(f, a, b).items()}
+    ref = {k: float(fn()) for k, fn in numpy_metrics(*(t[0, 0].double().numpy() for t in (f, a, b))).items()}
+    assert set(ref) == set(METRICS)
+    bad = {m: (ours[m], ref[m]) for m in METRICS if _deviation(ours[m], None if math.isnan(ref[m]) else ref[m]) > TOL_REL}
+    assert not bad, bad
+
+def test_numpy_implementation_agrees_on_structured_images():
+    pytest.importorskip('scipy', reason='the cross-check needs SciPy (pip install -e ".[dev]")')
+    _numpy_agrees(*triplet(96, 128, seed=3))
+
+def test_numpy_implementation_agrees_on_a_real_triplet(shared_path):
+    pytest.importorskip('scipy', reason='the cross-check needs SciPy (pip install -e ".[dev]")')
+    ref = shared_path('reference')
+    spec = json.loads((ref/'metrics'/'seafusion_MSRS.json').read_text())
+    name = next(iter(spec['per_image']))
+    f, a, b = (load_gray255(p)[..., 100:260, 200:420] for p in
+               (ref.parent/spec['fused']/name, ref.parent/spec['source']/'ir'/name, ref.parent/spec['source']/'vi'/name))
+    _numpy_agrees(f, a, b)

@@ -192,7 +192,7 @@ def test_cpu_autocast_bfloat16(model):
     assert (aux['fused'] - ref).abs().mean() < 0.05
 
 
-@pytest.mark.skipif(not CUDA, reason='CUDA not available')
+@pytest.mark.cuda
 @pytest.mark.parametrize('dtype', [None, torch.bfloat16, torch.float16])
 def test_cuda(model, dtype):
     mc = build_model().cuda().eval()
@@ -208,7 +208,7 @@ def test_cuda(model, dtype):
     assert (err.max() < 5e-3) if dtype is None else (err.mean() < 0.05)   # fp32: cuDNN may use TF32
 
 
-@pytest.mark.skipif(not CUDA, reason='CUDA not available')
+@pytest.mark.cuda
 def test_cuda_backward_under_autocast():
     mc = build_model().cuda()
     ir, vis = (t.cuda() for t in _pair(2, 64, 64))

@@ -19,11 +19,8 @@ def test_train_notebook_runs_with_injected_parameters(tmp_path):
     assert (out_dir/'final'/'model.safetensors').is_file()
 
 
-SHARED = ROOT.parent / 'shared'
-
-
-@pytest.mark.skipif(not (SHARED / 'data' / 'MSRS').is_dir(), reason='needs ../shared/data (the real pairs)')
-def test_benchmark_notebook_runs_on_the_validation_split(tmp_path):
+def test_benchmark_notebook_runs_on_the_validation_split(tmp_path, shared_path):
+    shared_path('data/MSRS/test')
     "The README's benchmark command with the validation key (one pair, one timing run)."
     out_nb, out_dir = tmp_path/'bench.ipynb', tmp_path/'bench'
     papermill.execute_notebook(str(ROOT/'nbs'/'22_benchmark.ipynb'), str(out_nb), cwd=str(ROOT/'nbs'), progress_bar=False,
@@ -53,3 +50,19 @@ def test_train_notebook_rerun_never_destroys_a_run(tmp_path):
                                    parameters=dict(params, seed=1))
     assert 'already holds a run' in e.value.evalue
     assert (tmp_path/'run'/'final'/'model.safetensors').read_bytes() == weights
+
+
+@pytest.mark.slow
+def test_meta_experiment_wrapper_runs_the_notebook(tmp_path):
+    "bench/meta_experiment.py is the notebook run by papermill: its parameters, its defaults, an unknown name refused."
+    import subprocess, sys
+    script = ROOT/'bench'/'meta_experiment.py'
+    r = subprocess.run([sys.executable, script, tmp_path/'x.ipynb', '-p', 'seedz', '[0]'], capture_output=True, text=True)
+    assert r.returncode == 2 and '-p seedz: not a parameter of 21_meta_experiment.ipynb; valid: data, scale' in r.stderr
+    assert not (tmp_path/'x.ipynb').exists()
+    r = subprocess.run([sys.executable, script, tmp_path/'run.ipynb', '-p', 'out_dir', str(tmp_path/'exp'), '-p', 'seeds', '[1]'],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    nb = json.loads((tmp_path/'run.ipynb').read_text())
+    assert any('injected-parameters' in c['metadata'].get('tags', []) for c in nb['cells'])
+    assert (tmp_path/'exp'/'rows.jsonl').is_file() and (tmp_path/'exp'/'seed1').is_dir()

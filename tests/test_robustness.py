@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from sfofusion.cli import main
-from sfofusion.core import shared_dir
 from sfofusion.model import build_model, SFOFusionConfig
 
 CLI = str(Path(sys.executable).with_name('sfofusion'))
@@ -365,9 +364,8 @@ def test_data_check_empty_folder_fails(sf, tmp_path):
     assert rc == 1 and 'no pairs found' in out + err
 
 
-def test_data_check_fusion_dataset_without_boxes_passes(sf):
-    sd = shared_dir()
-    if sd is None: pytest.skip('needs the shared data folder (../shared) beside the repository')
+def test_data_check_fusion_dataset_without_boxes_passes(sf, shared):
+    sd = shared
     rc, out, _ = sf('data', 'check', sd/'data'/'LLVIP')
     assert rc == 0 and 'OK' in out.splitlines()[0] and 'note: pairs without a label' in out
     rc, out, _ = sf('data', 'check', sd/'data'/'LLVIP', '--require-labels')
@@ -522,11 +520,10 @@ def test_resume_of_a_finished_run_without_its_record_reports_the_real_loss(tmp_p
     assert 'NaN' not in (tmp_path/'r'/'result.json').read_text()
 
 
-def test_final_validation_even_when_val_every_does_not_divide_steps(tmp_path):
+def test_final_validation_even_when_val_every_does_not_divide_steps(tmp_path, shared):
     from sfofusion.engine import read_log
     from sfofusion.train import TrainConfig, train
-    sd = shared_dir()
-    if sd is None: pytest.skip('needs the shared data folder (../shared) beside the repository')
+    sd = shared
     cfg = TrainConfig(steps=3, val_every=2, val_max_pairs=1, val_data=str(sd/'data'/'TNO'), crop=32, batch_size=2,
                       synthetic_pairs=4, progress=False, out_dir=str(tmp_path/'r'))
     train(cfg)

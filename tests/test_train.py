@@ -78,11 +78,8 @@ def test_cuda_requested_without_cuda(tmp_path):
         train(TrainConfig(**TINY, device='cuda', out_dir=str(tmp_path/'x')))
 
 
-def test_validation_on_real_pairs(tmp_path):
-    from sfofusion.core import shared_dir
-    sd = shared_dir()
-    if sd is None: pytest.skip('needs the shared data folder (../shared/data/TNO) beside the repository')
-    res = train(TrainConfig(**TINY, val_data=str(sd/'data'/'TNO'), val_max_pairs=2, out_dir=str(tmp_path/'v')))
+def test_validation_on_real_pairs(tmp_path, shared_path):
+    res = train(TrainConfig(**TINY, val_data=str(shared_path('data/TNO')), val_max_pairs=2, out_dir=str(tmp_path/'v')))
     assert {'VIF', 'Qabf', 'SSIM'} <= set(res['val'])
     assert all(v == v for v in res['val'].values())  # no NaN
     assert (tmp_path/'v'/'loss.png').stat().st_size > 1000
@@ -112,7 +109,7 @@ def test_ddp_two_cpu_processes_agree(tmp_path):
     assert res['replica_max_diff'] == 0.0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.cuda
 @pytest.mark.parametrize('precision', ['fp32', 'bf16', 'fp16'])
 def test_cuda_training_with_amp(tmp_path, precision):
     res = train(TrainConfig(**TINY, device='cuda', precision=precision, out_dir=str(tmp_path/precision)))
@@ -136,9 +133,7 @@ def test_bad_data_raises_or_is_skipped_with_a_warning(tmp_path):
     assert res['step'] == 4
 
 
-@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'MSRS').is_dir(),
-                    reason='needs ../shared/data (the real pairs)')
-def test_shipped_configs_keep_test_and_validation_pairs_out(monkeypatch):
+def test_shipped_configs_keep_test_and_validation_pairs_out(monkeypatch, shared_path):
     "bench/configs/*.yaml, read as the README runs them (from the repository root), train on none of the held-out pairs."
     from sfofusion.train import TrainConfig, build_train_dataset, read_names
     root = Path(__file__).resolve().parents[1]

@@ -83,7 +83,7 @@ class DatasetReport:
         return '\n'.join(lines)
     def __str__(self): return self.summary()
 
-# %% ../../nbs/05f_check.ipynb #14b575f3
+# %% ../../nbs/05f_check.ipynb #799e3ce3
 def _no_pairs(ir_dir: Path, vi_dir: Path, irs: dict, vis: dict) -> str:
     "Why a split has no pairs: the images (and other files) each side holds."
     def side(d, imgs):
@@ -91,6 +91,7 @@ def _no_pairs(ir_dir: Path, vi_dir: Path, irs: dict, vis: dict) -> str:
         return f"{d} has {len(imgs)} images" + (f" ({len(other)} other file(s): {name_listing(other, 3)})" if other else '')
     return f"{side(ir_dir, irs)}, {side(vi_dir, vis)}" + (": no name is in both" if irs and vis else '')
 
+# %% ../../nbs/05f_check.ipynb #210d8198
 def _check_split(rep: DatasetReport, cls: type, root: Path, split: str|None, kw: dict) -> None:
     "Add one split of dataset `cls` at `root` to the report."
     pre = f"{split}/" if split else ''
@@ -122,7 +123,7 @@ def _check_split(rep: DatasetReport, cls: type, root: Path, split: str|None, kw:
             rep.n_boxes += len(labels)
             rep.class_counts.update(names[c] if c < len(names) else str(c) for c in labels.tolist())
 
-# %% ../../nbs/05f_check.ipynb #cc4e0a95
+# %% ../../nbs/05f_check.ipynb #f5eee0b8
 def check_dataset(root: Path|str,       # dataset folder (all splits are checked)
                   name: str|None=None,  # a key of DATASETS; None guesses it with `detect_dataset`
                   require_labels: bool=False, # pairs without a box annotation / mask are problems (True) or notes (False)

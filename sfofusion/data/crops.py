@@ -27,7 +27,7 @@ from .labels import IGNORE_INDEX
 # %% auto #0
 __all__ = ['LIST_KEYS', 'crop_boxes', 'FusionCrops', 'collate_fusion']
 
-# %% ../../nbs/05d_crops.ipynb #e7d92842
+# %% ../../nbs/05d_crops.ipynb #064c104f
 def _pad_reflect(x: Tensor, ph: int, pw: int) -> Tensor:
     "Pad (C, H, W) `x` by `ph` rows at the bottom and `pw` columns at the right by mirroring (repeated for large pads)."
     H, W = x.shape[-2:]
@@ -39,6 +39,7 @@ def _pad_reflect(x: Tensor, ph: int, pw: int) -> Tensor:
         ph, pw = ph - sh, pw - sw
     return x
 
+# %% ../../nbs/05d_crops.ipynb #4d89836f
 def crop_boxes(boxes: Tensor,  # (N, 4) float xyxy pixels
                labels: Tensor, # (N,) int64
                x0: int, y0: int, w: int, h: int, # the crop window
@@ -53,6 +54,7 @@ def crop_boxes(boxes: Tensor,  # (N, 4) float xyxy pixels
     keep = (cw >= min_px) & (ch >= min_px) & (cw * ch >= min_frac * area)
     return c[keep], labels[keep]
 
+# %% ../../nbs/05d_crops.ipynb #ad1bcd65
 class FusionCrops(Dataset):
     "Paired random crops, flips and optional IR/VIS swap of a fusion dataset; deterministic in (seed, epoch, index)."
     def __init__(self,
@@ -127,7 +129,7 @@ class FusionCrops(Dataset):
         for k in spatial: item[k] = item[k].contiguous()
         return item
 
-# %% ../../nbs/05d_crops.ipynb #6c3229de
+# %% ../../nbs/05d_crops.ipynb #b3f7a4c3
 LIST_KEYS = ('boxes', 'labels')  # per-image variable-length entries, kept as lists
 
 def collate_fusion(batch: list[dict]) -> dict:

@@ -25,11 +25,11 @@ from .labels import BoxLines, BoxSource, MergedLabels, VocLabels, YoloLabels, op
 
 
 # %% auto #0
-__all__ = ['MSRS_SEG_CLASSES', 'M3FD_CLASSES', 'DATASETS', 'Layout', 'match_pairs', 'name_listing', 'SkippedDataWarning',
-           'FusionDataset', 'missing_labels', 'inspect_files', 'inspect_pair', 'find_box_sources', 'MSRS', 'FMB',
+__all__ = ['M3FD_CLASSES', 'MSRS_SEG_CLASSES', 'DATASETS', 'Layout', 'match_pairs', 'name_listing', 'missing_labels',
+           'inspect_files', 'inspect_pair', 'SkippedDataWarning', 'FusionDataset', 'find_box_sources', 'MSRS', 'FMB',
            'M3FD', 'LLVIP', 'PairFolder', 'TNO', 'RoadScene', 'dataset_class', 'get_dataset', 'detect_dataset']
 
-# %% ../../nbs/05b_datasets.ipynb #4b2827a0
+# %% ../../nbs/05b_datasets.ipynb #e32c8a0a
 @dataclass
 class Layout:
     "Where one split of a dataset keeps its files."
@@ -39,6 +39,7 @@ class Layout:
     mask_dir: Path|None = None
     num_seg_classes: int|None = None
 
+# %% ../../nbs/05b_datasets.ipynb #d852fd70
 def _first_dir(base: Path, names) -> Path|None:
     "The first of `base/name` that is a folder, or None."
     return next((base/n for n in names if (base/n).is_dir()), None)
@@ -53,10 +54,50 @@ def name_listing(items: list, n: int=10) -> str:
     "First `n` items of a list, comma-separated, with a count of the rest."
     return ', '.join(map(str, items[:n])) + (f' ... (+{len(items) - n} more)' if len(items) > n else '')
 
-# %% ../../nbs/05b_datasets.ipynb #7ffde484
+# %% ../../nbs/05b_datasets.ipynb #64e825e3
+def missing_labels(pairs: list[Pair], layout: Layout) -> list[tuple[str, str]]:
+    "(name, why) for each pair that has no box annotation or no mask file in `layout`."
+    out = []
+    boxed = layout.boxes.names() if layout.boxes is not None else None
+    masked = set(list_images(layout.mask_dir)) if layout.mask_dir is not None else None
+    for p in pairs:
+        why = ([] if boxed is None or p.name in boxed else ['no box annotation']) + ([] if masked is None or p.name in masked else ['no mask'])
+        if why: out.append((p.name, ' and '.join(why)))
+    return out
+
+# %% ../../nbs/05b_datasets.ipynb #e532adb2
+def inspect_files(pair: Pair, layout: Layout, masks: dict) -> tuple[list, tuple|None, np.ndarray|None]:
+    "Problems of one pair as (kind, message), its (W, H) if readable, and its valid box labels (or None)."
+    out, shapes = [], {}
+    for side, path in (('ir', pair.ir), ('vi', pair.vi)):
+        try: shapes[side] = read_image(path).shape[:2]
+        except FusionInputError as e: out.append(('unreadable', str(e)))
+    if len(shapes) < 2: return out, None, None
+    (h, w), (hv, wv) = shapes['ir'], shapes['vi']
+    if (h, w) != (hv, wv): out.append(('size', f"{pair.ir} is {w}x{h} but {pair.vi} is {wv}x{hv}")); return out, None, None
+    labels = None
+    if layout.boxes is not None and pair.name in layout.boxes.names():
+        _, labels, issues = layout.boxes.parse(pair.name, w, h)
+        out += [('boxes', f"{layout.boxes.path(pair.name)}: {m}") for m in issues]
+    if (mp := masks.get(pair.name)) is not None:
+        m, issues = parse_mask(mp, layout.num_seg_classes)
+        out += [('mask', s) for s in issues]
+        if m is not None and m.shape != (h, w): out.append(('mask', f"{mp}: mask is {m.shape[1]}x{m.shape[0]} but the pair is {w}x{h}"))
+    return out, (w, h), labels
+
+def inspect_pair(pair: Pair,          # the pair to check
+                 layout: Layout,      # where its labels are
+                 masks: dict|None=None, # name -> mask path (`list_images(layout.mask_dir)`), to avoid listing per pair
+                ) -> list[tuple[str, str]]:
+    "Everything wrong with one pair, as (kind, message); kinds: 'unreadable', 'size', 'boxes', 'mask'."
+    if masks is None: masks = list_images(layout.mask_dir) if layout.mask_dir is not None else {}
+    return inspect_files(pair, layout, masks)[0]
+
+# %% ../../nbs/05b_datasets.ipynb #aac30532
 class SkippedDataWarning(UserWarning):
     "Some pairs were skipped (`skip_bad=True`); the message lists them and why."
 
+# %% ../../nbs/05b_datasets.ipynb #5391c268
 class FusionDataset(Dataset):
     "IR–VIS pairs in a published layout, with boxes and masks where the dataset has them; items are dicts of tensors."
     class_names: tuple = ()          # detection classes, index = label id
@@ -176,46 +217,7 @@ class FusionDataset(Dataset):
             item['mask'] = m
         return item
 
-# %% ../../nbs/05b_datasets.ipynb #23dea264
-def missing_labels(pairs: list[Pair], layout: Layout) -> list[tuple[str, str]]:
-    "(name, why) for each pair that has no box annotation or no mask file in `layout`."
-    out = []
-    boxed = layout.boxes.names() if layout.boxes is not None else None
-    masked = set(list_images(layout.mask_dir)) if layout.mask_dir is not None else None
-    for p in pairs:
-        why = ([] if boxed is None or p.name in boxed else ['no box annotation']) + ([] if masked is None or p.name in masked else ['no mask'])
-        if why: out.append((p.name, ' and '.join(why)))
-    return out
-
-def inspect_files(pair: Pair, layout: Layout, masks: dict) -> tuple[list, tuple|None, np.ndarray|None]:
-    "Problems of one pair as (kind, message), its (W, H) if readable, and its valid box labels (or None)."
-    out, shapes = [], {}
-    for side, path in (('ir', pair.ir), ('vi', pair.vi)):
-        try: shapes[side] = read_image(path).shape[:2]
-        except FusionInputError as e: out.append(('unreadable', str(e)))
-    if len(shapes) < 2: return out, None, None
-    (h, w), (hv, wv) = shapes['ir'], shapes['vi']
-    if (h, w) != (hv, wv): out.append(('size', f"{pair.ir} is {w}x{h} but {pair.vi} is {wv}x{hv}")); return out, None, None
-    labels = None
-    if layout.boxes is not None and pair.name in layout.boxes.names():
-        _, labels, issues = layout.boxes.parse(pair.name, w, h)
-        out += [('boxes', f"{layout.boxes.path(pair.name)}: {m}") for m in issues]
-    if (mp := masks.get(pair.name)) is not None:
-        m, issues = parse_mask(mp, layout.num_seg_classes)
-        out += [('mask', s) for s in issues]
-        if m is not None and m.shape != (h, w): out.append(('mask', f"{mp}: mask is {m.shape[1]}x{m.shape[0]} but the pair is {w}x{h}"))
-    return out, (w, h), labels
-
-def inspect_pair(pair: Pair,          # the pair to check
-                 layout: Layout,      # where its labels are
-                 masks: dict|None=None, # name -> mask path (`list_images(layout.mask_dir)`), to avoid listing per pair
-                ) -> list[tuple[str, str]]:
-    "Everything wrong with one pair, as (kind, message); kinds: 'unreadable', 'size', 'boxes', 'mask'."
-    if masks is None: masks = list_images(layout.mask_dir) if layout.mask_dir is not None else {}
-    return inspect_files(pair, layout, masks)[0]
-
-# %% ../../nbs/05b_datasets.ipynb #c2a5fcde
-MSRS_SEG_CLASSES = ('unlabelled', 'car', 'person', 'bike', 'curve', 'car_stop', 'guardrail', 'color_cone', 'bump')
+# %% ../../nbs/05b_datasets.ipynb #9daf29be
 M3FD_CLASSES = ('People', 'Car', 'Bus', 'Motorcycle', 'Lamp', 'Truck')
 _MAX_SNIFF = 10  # a label folder with more .txt files than this is taken as YOLO without opening them
 
@@ -240,6 +242,9 @@ def find_box_sources(base: Path, folders: tuple, class_names: tuple) -> BoxSourc
         if len(lines) < len(txts): srcs.append(YoloLabels(d, class_names))
     return None if not srcs else srcs[0] if len(srcs) == 1 else MergedLabels(srcs)
 
+# %% ../../nbs/05b_datasets.ipynb #bbb6b2e9
+MSRS_SEG_CLASSES = ('unlabelled', 'car', 'person', 'bike', 'curve', 'car_stop', 'guardrail', 'color_cone', 'bump')
+
 class MSRS(FusionDataset):
     "MSRS (Tang et al. 2022): `ir/`, `vi/`, masks in `Segmentation_labels/` or `label/`, YOLO boxes in `det_labels/<box_set>/`."
     class_names = ('person', 'bicycle', 'car')  # det_labels/classes.txt, when present, takes precedence
@@ -258,12 +263,14 @@ class MSRS(FusionDataset):
         d = det/s/base.name if (det/s/base.name).is_dir() else det/s  # the source repo nests a split folder
         return YoloLabels(d, names) if d.is_dir() else None
 
+# %% ../../nbs/05b_datasets.ipynb #5686495a
 class FMB(FusionDataset):
     "FMB (Liu et al. 2023, SegMiF): `Infrared/`, `Visible/`, masks in `Label/` (15 ids: 14 classes + unlabelled 0)."
     num_seg_classes = 15
     mask_names = ('Label', 'label', 'Labels')
     has_splits = True
 
+# %% ../../nbs/05b_datasets.ipynb #18c0eba9
 class M3FD(FusionDataset):
     "M3FD (Liu et al. 2022, TarDAL): `Ir/`, `Vis/` (or `ir/`, `vi/`), VOC boxes in `Annotation/` or YOLO in `labels/`."
     class_names = M3FD_CLASSES
@@ -273,6 +280,7 @@ class M3FD(FusionDataset):
     @classmethod
     def _box_source(cls, base, split, opts): return find_box_sources(base, ('Annotation', 'Annotations', 'labels'), cls.class_names)
 
+# %% ../../nbs/05b_datasets.ipynb #f599d7fb
 class LLVIP(FusionDataset):
     "LLVIP (Jia et al. 2021): `infrared/<split>/`, `visible/<split>/` (or `ir/`, `vi/`), VOC `Annotations/`, box-lines `labels/*.txt`."
     class_names = ('person',)
@@ -292,6 +300,7 @@ class LLVIP(FusionDataset):
     def _box_source(cls, base, split, opts):
         return find_box_sources(base, ('Annotations', 'labels/Annotations', 'labels'), cls.class_names)
 
+# %% ../../nbs/05b_datasets.ipynb #33936c16
 class PairFolder(FusionDataset):
     "Any folder with one of the core pair layouts (`ir/`+`vi/`, `Inf/`+`Vis/`, ...): pairs only."
 
@@ -305,7 +314,7 @@ class RoadScene(PairFolder):
         if (base/'cropinfrared').is_dir() and (base/'crop_LR_visible').is_dir(): return base/'cropinfrared', base/'crop_LR_visible'
         return find_layout(base)
 
-# %% ../../nbs/05b_datasets.ipynb #ba89d8ba
+# %% ../../nbs/05b_datasets.ipynb #4072a494
 DATASETS = dict(msrs=MSRS, fmb=FMB, m3fd=M3FD, llvip=LLVIP, tno=TNO, roadscene=RoadScene, pairs=PairFolder)
 
 def dataset_class(name: str) -> type:
@@ -320,6 +329,7 @@ def get_dataset(name: str,       # a key of `DATASETS` (case-insensitive)
     "Build the dataset `name` from the folder `root`."
     return dataset_class(name)(root, **kw)
 
+# %% ../../nbs/05b_datasets.ipynb #b6109a33
 def detect_dataset(root: Path|str) -> str:
     "Best guess of the `DATASETS` name for the folder `root`: by folder name first, then by the layout inside."
     root = Path(root)

@@ -28,7 +28,7 @@ from .datasets import DATASETS, match_pairs, name_listing
 __all__ = ['DATASET_SOURCES', 'DatasetSource', 'DatasetDownloadError', 'sha256_file', 'default_dataset_dir', 'download',
            'extract_archive', 'fetch_dataset']
 
-# %% ../../nbs/05e_fetch.ipynb #ace66b3d
+# %% ../../nbs/05e_fetch.ipynb #7379983b
 @dataclass(frozen=True)
 class DatasetSource:
     "Where a dataset is published and how its archive maps onto the layout the dataset class reads."
@@ -55,6 +55,7 @@ DATASET_SOURCES = {
                          'Google Drive / Baidu; train/ and test/ with Infrared/, Visible/, Label/'),
 }
 
+# %% ../../nbs/05e_fetch.ipynb #9b92dd21
 class DatasetDownloadError(RuntimeError):
     "A dataset could not be downloaded or verified; the message says what to do instead."
 
@@ -90,7 +91,7 @@ def default_dataset_dir(name: str,             # a key of DATASET_SOURCES (case-
     "The folder dataset `name` goes to by default: `base` / the name of its dataset class."
     return Path(base)/DATASETS[_source_key(name)].__name__
 
-# %% ../../nbs/05e_fetch.ipynb #d27de7ae
+# %% ../../nbs/05e_fetch.ipynb #632c2224
 def _check_url(url: str|None) -> None:
     "Raise unless `url` is None or an http(s) address."
     if url is not None and urllib.parse.urlparse(str(url)).scheme not in ('http', 'https'):
@@ -101,6 +102,18 @@ def _check_sha256(sha256: str|None) -> None:
     if sha256 is not None and not re.fullmatch(r'[0-9a-fA-F]{64}', str(sha256)):
         raise FusionInputError(f"`sha256`: expected 64 hex digits, got {sha256!r} ({len(str(sha256))} characters)")
 
+# %% ../../nbs/05e_fetch.ipynb #8c138c73
+class _NoBar:
+    def update(self, n): pass
+    def close(self): pass
+
+def _progress(total: int|None, initial: int, desc: str, show: bool):
+    "A tqdm progress bar on stderr, or a silent stand-in."
+    if not show: return _NoBar()
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, unit='B', unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr)
+
+# %% ../../nbs/05e_fetch.ipynb #094b40d9
 def download(url: str,             # http(s) URL of the file
              dest: Path|str,       # where the complete file goes; `<dest>.part` holds a partial download
              sha256: str|None=None, # expected SHA-256 (hex), or None to print the computed one
@@ -146,17 +159,7 @@ def download(url: str,             # http(s) URL of the file
     os.replace(part, dest)
     return dest
 
-class _NoBar:
-    def update(self, n): pass
-    def close(self): pass
-
-def _progress(total: int|None, initial: int, desc: str, show: bool):
-    "A tqdm progress bar on stderr, or a silent stand-in."
-    if not show: return _NoBar()
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, unit='B', unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr)
-
-# %% ../../nbs/05e_fetch.ipynb #a1cfbf21
+# %% ../../nbs/05e_fetch.ipynb #21ab7e7e
 _DAMAGED = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)  # what reading a damaged archive raises
 _MAGIC = {b'PK': 'a zip', b'\x1f\x8b': 'gzip data', b'BZh': 'bzip2 data', b'\xfd7zXZ': 'xz data'}  # first bytes -> what the file starts like
 
@@ -167,6 +170,7 @@ def _safe_member(name: str) -> PurePosixPath:
         raise DatasetDownloadError(f"unsafe path in archive: {name!r} (absolute or outside the archive); nothing was extracted")
     return p
 
+# %% ../../nbs/05e_fetch.ipynb #add8b48c
 def _extract_zip(archive: Path, to: Path) -> None:
     "Check every member of the zip `archive`, then extract it into `to`."
     with zipfile.ZipFile(archive) as z:
@@ -194,8 +198,7 @@ def _extract_tar(archive: Path, to: Path) -> None:
         kw = dict(filter='data') if hasattr(tarfile, 'data_filter') else {}
         t.extractall(to, members=members, **kw)
 
-
-# %% ../../nbs/05e_fetch.ipynb #f7698a28
+# %% ../../nbs/05e_fetch.ipynb #17a9a3eb
 def extract_archive(archive: Path|str, # a .zip or .tar / .tar.gz / .tar.bz2 / .tar.xz file (detected from its content)
                     to: Path|str,      # folder to extract into (created)
                    ) -> Path:
@@ -218,6 +221,7 @@ def extract_archive(archive: Path|str, # a .zip or .tar / .tar.gz / .tar.bz2 / .
         raise DatasetDownloadError(f"{archive} is damaged or truncated ({type(e).__name__}: {e}); {left}") from None
     return to
 
+# %% ../../nbs/05e_fetch.ipynb #9da040f8
 def _apply_layout(src: Path, dst: Path, layout: dict) -> None:
     "Move `src` to `dst` ({} layout), or each `layout` entry src/a -> dst/b."
     if not layout: shutil.move(str(src), str(dst)); return
@@ -229,7 +233,7 @@ def _apply_layout(src: Path, dst: Path, layout: dict) -> None:
         (dst/b).parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(src/a), str(dst/b))
 
-# %% ../../nbs/05e_fetch.ipynb #0c6c52aa
+# %% ../../nbs/05e_fetch.ipynb #43ac10da
 def _running(pid: int) -> bool:
     "Whether process `pid` may still run here (True where this cannot be told, so its folder is left alone)."
     if pid == os.getpid() or os.name != 'posix': return True
@@ -245,6 +249,7 @@ def _stale_tmp(to: Path) -> list[Path]:
     return sorted(p for p in to.parent.iterdir() if (m := pat.fullmatch(p.name)) and p.is_dir() and not p.is_symlink()
                   and not (m.group(1) and _running(int(m.group(1)))))
 
+# %% ../../nbs/05e_fetch.ipynb #1cb6cf75
 def _pairs_found(cls: type, root: Path) -> int:
     "How many pairs dataset class `cls` finds in `root`, over all its splits (0 where its layout is not there)."
     n = 0
@@ -259,6 +264,7 @@ def _contents(folder: Path) -> str:
     "A few entries of `folder`, folders marked with '/'."
     return name_listing(sorted(p.name + '/' * p.is_dir() for p in folder.iterdir()), 4)
 
+# %% ../../nbs/05e_fetch.ipynb #ae4da7b8
 def _drop_part(dl: Path|None) -> None:
     "Remove the partial download of `dl` once the dataset is complete: no later run can use it."
     part = dl.with_name(dl.name + '.part') if dl is not None else None
@@ -273,7 +279,7 @@ def _archive_error(e: Exception|str, archive: Path, downloaded: bool, reusable: 
     archive.unlink(missing_ok=True)
     return DatasetDownloadError(f"{e}; the download {archive} was removed: run again to download it anew")
 
-# %% ../../nbs/05e_fetch.ipynb #3a188bcc
+# %% ../../nbs/05e_fetch.ipynb #53a966af
 def _check_fetch_args(to: Path, url: str|None, sha256: str|None, archive: Path|str|None) -> None:
     "Raise `FusionInputError` on a bad argument of `fetch_dataset`, before anything is created or downloaded."
     if to.exists() and not to.is_dir(): raise FusionInputError(f"`to`: {to} is a file; expected a dataset folder to create")
@@ -284,6 +290,7 @@ def _check_fetch_args(to: Path, url: str|None, sha256: str|None, archive: Path|s
         got = 'is a folder' if Path(archive).is_dir() else 'does not exist'
         raise FusionInputError(f"`archive`: expected an archive file (.zip, .tar, .tar.gz, ...), but {archive} {got}")
 
+# %% ../../nbs/05e_fetch.ipynb #eaf08f29
 def _unpack(archive: Path, to: Path, cls: type, layout: dict, downloaded: bool) -> None:
     "Extract `archive` into a temporary folder beside `to`, arrange it by `layout` and rename it to `to` in one step."
     tmp = Path(tempfile.mkdtemp(prefix=f'.{to.name}.{os.getpid()}-', suffix='.tmp', dir=to.parent))

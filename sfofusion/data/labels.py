@@ -27,7 +27,7 @@ from ..core import (IMAGE_EXTS, FusionInputError, Pair, find_layout, is_grey, li
 __all__ = ['BOX_TOL_PX', 'IGNORE_INDEX', 'BoxSource', 'YoloLabels', 'VocLabels', 'BoxLines', 'MergedLabels', 'open_box_source',
            'read_class_names', 'parse_mask', 'read_mask']
 
-# %% ../../nbs/05a_labels.ipynb #b89fc8a5
+# %% ../../nbs/05a_labels.ipynb #9da52756
 BOX_TOL_PX = 1.0  # a box edge may lie this many pixels outside the image (rounding by annotation tools) and is clipped; beyond is an error
 
 def _box_issue(x1, y1, x2, y2, c, w, h, n_cls) -> str|None:
@@ -39,6 +39,7 @@ def _box_issue(x1, y1, x2, y2, c, w, h, n_cls) -> str|None:
         return f"box {x1:.1f},{y1:.1f},{x2:.1f},{y2:.1f} outside the {w}x{h} image"
     return None
 
+# %% ../../nbs/05a_labels.ipynb #cec4dc4a
 def _finish(rows: list, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
     "Stack `[x1, y1, x2, y2, c]` rows into clipped boxes (N, 4) float32 and class ids (N,) int64."
     a = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
@@ -53,7 +54,7 @@ def _class_id(tok: str) -> int|None:
     except ValueError: return None
     return int(v) if v.is_integer() else None
 
-# %% ../../nbs/05a_labels.ipynb #dfaa1b25
+# %% ../../nbs/05a_labels.ipynb #94fe1c2f
 class BoxSource:
     "Where the boxes of a dataset come from; subclasses parse one format."
     class_names: tuple = ()
@@ -72,6 +73,7 @@ class BoxSource:
                                           + (' ...' if len(issues) > 5 else ''))
         return torch.from_numpy(boxes), torch.from_numpy(labels)
 
+# %% ../../nbs/05a_labels.ipynb #9d673566
 class YoloLabels(BoxSource):
     "Boxes from one YOLO txt per image: `class cx cy w h` per line, normalised by the image size."
     def __init__(self, folder: Path|str, class_names: tuple|list):
@@ -99,6 +101,7 @@ class YoloLabels(BoxSource):
             rows.append([x1, y1, x2, y2, c])
         return *_finish(rows, width, height), issues
 
+# %% ../../nbs/05a_labels.ipynb #6064e254
 class VocLabels(BoxSource):
     "Boxes from one PASCAL-VOC XML per image; class names are matched case-insensitively to `class_names`."
     def __init__(self, folder: Path|str, class_names: tuple|list):
@@ -129,6 +132,7 @@ class VocLabels(BoxSource):
             rows.append([x1, y1, x2, y2, self._ids[cname.lower()]])
         return *_finish(rows, width, height), issues
 
+# %% ../../nbs/05a_labels.ipynb #46161cae
 class BoxLines(BoxSource):
     "Boxes from one text file of lines `name.ext x1,y1,x2,y2,cls x1,y1,x2,y2,cls ...` in pixels."
     def __init__(self, file: Path|str, class_names: tuple|list):
@@ -162,6 +166,7 @@ class BoxLines(BoxSource):
                 rows.append([x1, y1, x2, y2, c])
         return *_finish(rows, width, height), issues
 
+# %% ../../nbs/05a_labels.ipynb #39873f51
 class MergedLabels(BoxSource):
     "Several box sources for one set (e.g. LLVIP's XML files plus a box-lines file); the first that has a name wins."
     def __init__(self, sources: list[BoxSource]):
@@ -173,7 +178,7 @@ class MergedLabels(BoxSource):
     def path(self, name): return self._src(name).path(name)
     def parse(self, name, width, height): return self._src(name).parse(name, width, height)
 
-# %% ../../nbs/05a_labels.ipynb #3a8c55b8
+# %% ../../nbs/05a_labels.ipynb #8121c9fa
 def open_box_source(path: Path|str, class_names: tuple|list) -> BoxSource:
     "A box reader for `path`: folder of *.xml (VOC), folder of *.txt (YOLO) or one box-lines file."
     path = Path(path)
@@ -183,6 +188,7 @@ def open_box_source(path: Path|str, class_names: tuple|list) -> BoxSource:
     if any(p.name != 'classes.txt' for p in path.glob('*.txt')): return YoloLabels(path, class_names)
     raise FusionInputError(f"`labels`: {path} holds neither *.xml (VOC) nor *.txt (YOLO) label files")
 
+# %% ../../nbs/05a_labels.ipynb #63074d2b
 def read_class_names(file: Path|str) -> tuple[str, ...]:
     "Class names from a `classes.txt`: one per line, either `name` or `id name` (ids must be 0, 1, 2, ...)."
     names = []
@@ -195,7 +201,7 @@ def read_class_names(file: Path|str) -> tuple[str, ...]:
         else: names.append(line.strip())
     return tuple(names)
 
-# %% ../../nbs/05a_labels.ipynb #dbed79ea
+# %% ../../nbs/05a_labels.ipynb #7f20fc14
 IGNORE_INDEX = 255  # mask value for unlabelled pixels (and crop padding); losses pass it as ignore_index
 
 def parse_mask(path: Path|str, num_classes: int|None=None) -> tuple[np.ndarray|None, list[str]]:
@@ -211,6 +217,7 @@ def parse_mask(path: Path|str, num_classes: int|None=None) -> tuple[np.ndarray|N
         if bad.size: return m, [f"{path}: class ids {bad[:8].tolist()} outside [0, {num_classes - 1}] (and not {IGNORE_INDEX})"]
     return m, []
 
+# %% ../../nbs/05a_labels.ipynb #676c0e89
 def read_mask(path: Path|str,              # mask image file (8- or 16-bit, one channel or three equal ones)
               num_classes: int|None=None,  # valid ids are 0..num_classes-1 and IGNORE_INDEX; None skips the check
              ) -> Tensor:                  # (H, W) int64

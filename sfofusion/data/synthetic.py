@@ -26,7 +26,7 @@ from ..core import (IMAGE_EXTS, FusionInputError, Pair, find_layout, is_grey, li
 # %% auto #0
 __all__ = ['SYNTHETIC_CLASSES', 'synthetic_pair', 'SyntheticPairs']
 
-# %% ../../nbs/05c_synthetic.ipynb #736d1cb6
+# %% ../../nbs/05c_synthetic.ipynb #f0dae0c5
 SYNTHETIC_CLASSES = ('person', 'car')  # label ids of synthetic boxes; mask ids are label + 1 (0 = background)
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, sigma: float) -> np.ndarray:
@@ -40,6 +40,7 @@ def _iou(a, b) -> float:
     inter = iw * ih
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
+# %% ../../nbs/05c_synthetic.ipynb #47924e00
 def _target(kind: int, x: float, bottom: float, s: float, yy, xx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Masks (whole shape, hotter part, colder part) of a person (kind 0) or car (kind 1) of size `s` standing at (x, bottom)."
     if kind == 0:  # person: s = height; body ellipse and head disc
@@ -56,16 +57,9 @@ def _target(kind: int, x: float, bottom: float, s: float, yy, xx) -> tuple[np.nd
     for wx in (left + 0.22 * s, left + 0.78 * s): wheels |= (xx - wx)**2 + (yy - (top + 0.83 * ch))**2 <= (0.16 * ch)**2
     return body | cabin | wheels, wheels, glass
 
-def synthetic_pair(h: int=256,   # image height (>= 32)
-                   w: int=256,   # image width (>= 32)
-                   seed: int|tuple=0, # everything is a function of the seed (int or tuple of ints)
-                   n_targets: tuple=(1, 4), # the number of targets is drawn from [min, max]
-                   rgb: bool=False, # also return `vis_rgb` (3, H, W)
-                  ) -> dict:
-    "A synthetic IR–VIS pair (targets warm in IR, dim in VIS; texture in VIS only) with boxes, labels and mask."
-    if h < 32 or w < 32: raise FusionInputError(f"`h`, `w`: expected at least 32x32, got {h}x{w}")
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5  # pixel centres
+# %% ../../nbs/05c_synthetic.ipynb #b7f397e8
+def _background(rng: np.random.Generator, yy: np.ndarray, h: int, w: int) -> tuple:
+    "Horizon row, IR and VIS backgrounds (h, w) and VIS chroma `cb`, `cr` of the empty scene."
     horizon = h * rng.uniform(0.32, 0.45)
     ground = (yy - horizon).clip(0) / (h - horizon)  # 0 at the horizon, 1 at the bottom
     # IR background: cool, ground a little warmer, smooth temperature variation
@@ -74,7 +68,11 @@ def synthetic_pair(h: int=256,   # image height (>= 32)
     sky = yy < horizon
     vis = np.where(sky, 0.24 - 0.1 * yy / horizon, 0.07 + 0.03 * ground) + np.where(sky, 0.01, 0.03) * _smooth_noise(rng, h, w, 1.2)
     cb, cr = np.where(sky, 0.56, 0.49), np.where(sky, 0.47, 0.51)  # bluish sky, brownish ground
-    # a building across the horizon with a grid of windows, some lit (VIS-only details)
+    return horizon, ir, vis, cb, cr
+
+# %% ../../nbs/05c_synthetic.ipynb #0d50daa5
+def _building(rng, ir, vis, cb, cr, yy, xx, horizon: float, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    "Draw a building across the horizon, with a grid of windows, some lit, into `ir` and `vis` (in place); the new `cb`, `cr`."
     bx1 = rng.uniform(0, 0.5) * w; bx2 = bx1 + rng.uniform(0.25, 0.5) * w; by1 = horizon * rng.uniform(0.2, 0.5)
     bld = (xx >= bx1) & (xx < bx2) & (yy >= by1) & (yy < horizon + 0.05 * h)
     vis[bld] = 0.05 + 0.01 * rng.standard_normal(int(bld.sum()))
@@ -86,15 +84,22 @@ def synthetic_pair(h: int=256,   # image height (>= 32)
     vis[win] = 0.035
     vis[lit] = rng.uniform(0.55, 0.75)
     cb, cr = np.where(lit, 0.42, cb), np.where(lit, 0.58, cr)  # warm lamp light
-    # a fence of vertical stripes just below the horizon, dashed road markings near the bottom
+    return cb, cr
+
+# %% ../../nbs/05c_synthetic.ipynb #c2605730
+def _fence_and_lane(rng, vis, yy, xx, horizon: float, h: int, w: int) -> None:
+    "Draw a fence of vertical stripes just below the horizon and dashed road markings near the bottom into `vis` (in place)."
     period = rng.uniform(6, 12)
     fence = (yy >= horizon) & (yy < horizon + 0.06 * h) & (np.sin(2 * np.pi * xx / period) > 0.4)
     vis[fence] += 0.05
     lane_y = horizon + rng.uniform(0.55, 0.75) * (h - horizon)
     lane = (np.abs(yy - lane_y) < max(1., 0.008 * h)) & ((xx % (0.16 * w)) < 0.09 * w)
     vis[lane] = 0.3
-    # targets: warm in IR, camouflaged in VIS; placed on the ground, larger when nearer (lower)
-    n = int(rng.integers(n_targets[0], n_targets[1] + 1))
+
+# %% ../../nbs/05c_synthetic.ipynb #7c70064f
+def _place_targets(rng, ir, vis, cb, cr, yy, xx, horizon: float, h: int, w: int, n_targets: tuple) -> tuple:
+    "Draw targets, warm in IR and camouflaged in VIS, into `ir` and `vis` (in place); mask, boxes, labels and the new `cb`, `cr`."
+    n = int(rng.integers(n_targets[0], n_targets[1] + 1))  # placed on the ground, larger when nearer (lower)
     mask = np.zeros((h, w), np.int64)
     boxes, labels = [], []
     for _ in range(n):
@@ -118,6 +123,23 @@ def synthetic_pair(h: int=256,   # image height (>= 32)
         if kind == 1: cb, cr = np.where(shape, 0.5 + rng.uniform(-0.06, 0.06), cb), np.where(shape, 0.5 + rng.uniform(-0.06, 0.06), cr)
         mask[shape] = kind + 1
         boxes.append(box); labels.append(kind)
+    return mask, boxes, labels, cb, cr
+
+# %% ../../nbs/05c_synthetic.ipynb #bcce317f
+def synthetic_pair(h: int=256,   # image height (>= 32)
+                   w: int=256,   # image width (>= 32)
+                   seed: int|tuple=0, # everything is a function of the seed (int or tuple of ints)
+                   n_targets: tuple=(1, 4), # the number of targets is drawn from [min, max]
+                   rgb: bool=False, # also return `vis_rgb` (3, H, W)
+                  ) -> dict:
+    "A synthetic IR–VIS pair (targets warm in IR, dim in VIS; texture in VIS only) with boxes, labels and mask."
+    if h < 32 or w < 32: raise FusionInputError(f"`h`, `w`: expected at least 32x32, got {h}x{w}")
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5  # pixel centres
+    horizon, ir, vis, cb, cr = _background(rng, yy, h, w)
+    cb, cr = _building(rng, ir, vis, cb, cr, yy, xx, horizon, h, w)
+    _fence_and_lane(rng, vis, yy, xx, horizon, h, w)
+    mask, boxes, labels, cb, cr = _place_targets(rng, ir, vis, cb, cr, yy, xx, horizon, h, w, n_targets)
     ir = cv2.GaussianBlur(ir.astype(np.float32), (0, 0), 0.8) + 0.008 * rng.standard_normal((h, w))  # optics blur, sensor noise
     vis = vis + 0.012 * rng.standard_normal((h, w))  # low-light sensor noise
     ir, vis = (torch.from_numpy(np.clip(a, 0, 1).astype(np.float32))[None] for a in (ir, vis))
@@ -129,6 +151,7 @@ def synthetic_pair(h: int=256,   # image height (>= 32)
         out['vis'] = rgb_to_ycbcr(out['vis_rgb'][None])[0, :1]  # Y of the clamped RGB, so both agree
     return out
 
+# %% ../../nbs/05c_synthetic.ipynb #a53bbe84
 class SyntheticPairs(Dataset):
     "`n` synthetic pairs (see `synthetic_pair`) as dataset items; item `i` depends only on (seed, i)."
     class_names = SYNTHETIC_CLASSES
