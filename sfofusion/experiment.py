@@ -24,7 +24,7 @@ from .engine import lr_schedule
 
 # %% auto #0
 __all__ = ['BASELINES', 'fuse_with', 'DetectorRecipe', 'detector_batch', 'train_detector', 'ExperimentConfig', 'read_rows',
-           'run_experiment', 'summarize', 'summary_markdown', 'paired_gains']
+           'summarize', 'summary_markdown', 'run_experiment', 'paired_gains']
 
 # %% ../nbs/12_experiment.ipynb #8ec5e7b4
 BASELINES = ('ir', 'vis', 'average')
@@ -45,7 +45,7 @@ def fuse_with(fuser,               # 'ir', 'vis', 'average', or a fusion network
     fuser.train(was)
     return torch.floor(out.clamp(0, 1) * 255 + 0.5) / 255
 
-# %% ../nbs/12_experiment.ipynb #c5fe99f8
+# %% ../nbs/12_experiment.ipynb #947aa9ab
 @dataclass
 class DetectorRecipe:
     "How the detector is trained for every input variant."
@@ -81,6 +81,7 @@ def detector_batch(images: Tensor, # (N, 1, H, W) training images
         boxes.append((_flip_boxes(b, cw) if f else b).to(x.device)); labels.append(l.to(x.device))
     return x, boxes, labels
 
+# %% ../nbs/12_experiment.ipynb #c18b2b50
 def train_detector(images: Tensor,  # (N, 1, H, W) training images in [0, 1]
                    targets: list,   # per image: dict(boxes (n, 4) xyxy pixels, labels (n,))
                    val_images: Tensor, val_targets: list, # held-out images and targets
@@ -108,7 +109,7 @@ def train_detector(images: Tensor,  # (N, 1, H, W) training images in [0, 1]
     res = head.evaluate(val_images.to(dev), val_targets)
     return dict(res, seconds=time.perf_counter() - t0, final_loss=float(loss.detach()), head=head)
 
-# %% ../nbs/12_experiment.ipynb #483f789f
+# %% ../nbs/12_experiment.ipynb #c0d7fd33
 @dataclass
 class ExperimentConfig:
     "The meta-learning experiment."
@@ -131,6 +132,7 @@ class ExperimentConfig:
         if self.warm_task and not self.fusion.get('init_weights'):
             raise FusionInputError("`warm_task`: needs fusion['init_weights'] (the fused images the warm detector learns from)")
 
+# %% ../nbs/12_experiment.ipynb #d62c2f9f
 def _load_split(cfg: ExperimentConfig) -> tuple[dict, dict, int, tuple|None]:
     "(train, val) dicts of stacked ir/vis and target lists, number of classes, class names."
     if cfg.data == 'synthetic':
@@ -146,6 +148,7 @@ def _load_split(cfg: ExperimentConfig) -> tuple[dict, dict, int, tuple|None]:
                     targets=[dict(boxes=it['boxes'], labels=it['labels']) for it in its])
     return grab(tr), grab(va), ncls, names
 
+# %% ../nbs/12_experiment.ipynb #7c47ed0a
 def read_rows(path: Path|str) -> list:
     "The result rows of a (possibly interrupted) experiment: one JSON object per line; [] if there is no file."
     path = Path(path)
@@ -162,6 +165,40 @@ def _check_out_dir(cfg: ExperimentConfig, out: Path) -> None:
                                         "use a new out_dir, or the same settings to continue it")
     else: atomic_write_bytes(f, json.dumps(mine, indent=1).encode())
 
+# %% ../nbs/12_experiment.ipynb #c5d58d2f
+def _costs(rows: list) -> dict:
+    out = {}
+    for r in rows:
+        if r.get('train_s_per_step'): out.setdefault(r['variant'], []).append(r['train_s_per_step'])
+    return out
+
+def summarize(rows: list,          # result rows (see `run_experiment`)
+              costs: dict|None=None, # seconds per training step per variant; None: from the rows' `train_s_per_step`
+             ) -> list:
+    "Mean and spread over seeds per variant, with training cost relative to fusion-only."
+    costs = _costs(rows) if costs is None else costs
+    out = []
+    for v in dict.fromkeys(r['variant'] for r in rows):
+        rs = [r for r in rows if r['variant'] == v]
+        d = dict(variant=v, seeds=len(rs))
+        for k in ('map50', 'map', 'VIF', 'Qabf', 'SSIM', 'EN', 'SD', 'SF', 'MI'):
+            vals = np.array([r[k] for r in rs], float)
+            d[k], d[k + '_sd'] = float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        if v in costs and 'fusion' in costs: d['cost_vs_fusion'] = float(np.mean(costs[v]) / np.mean(costs['fusion']))
+        out.append(d)
+    return out
+
+def summary_markdown(summary: list) -> str:
+    "The summary as a markdown table."
+    lines = ['| input | mAP@0.5 | mAP@.5:.95 | VIF | Qabf | SSIM | EN | SD | train time/step vs fusion-only |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for d in summary:
+        c = f"{d['cost_vs_fusion']:.2f}x" if 'cost_vs_fusion' in d else '—'
+        lines.append(f"| {d['variant']} | {d['map50']:.3f} ± {d['map50_sd']:.3f} | {d['map']:.3f} ± {d['map_sd']:.3f} | "
+                     f"{d['VIF']:.3f} | {d['Qabf']:.3f} | {d['SSIM']:.3f} | {d['EN']:.2f} | {d['SD']:.1f} | {c} |")
+    return '\n'.join(lines)
+
+# %% ../nbs/12_experiment.ipynb #ca705c75
 def _warm_head(cfg, recipe, train, val, ncls, names, seed, folder: Path) -> str:
     "Folder of this seed's warm task head, trained (with `recipe`) on the initial network's fused images unless saved."
     if not (folder/'task.json').is_file():
@@ -185,6 +222,7 @@ def _train_variant(cfg, mode, seed, ref, ncls, names, warm: str, out: Path) -> d
     if cfg.data != 'synthetic': mc = mc.override(task_cfg={**mc.task_cfg, 'num_classes': ncls, 'class_names': names})
     return train_meta(mc, resume=True)
 
+# %% ../nbs/12_experiment.ipynb #0ce4d4bb
 def run_experiment(cfg: ExperimentConfig) -> dict:
     "Run every variant for every seed (continuing an interrupted run); returns rows, summary and costs (also in out_dir)."
     out = Path(cfg.out_dir); out.mkdir(parents=True, exist_ok=True)
@@ -219,38 +257,6 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     config = dict(asdict(cfg), seeds=sorted({r['seed'] for r in rows}))  # the seeds in the rows, whichever process ran them
     atomic_write_bytes(out/'summary.json', json.dumps(dict(config=config, rows=rows, summary=summary, cost=costs), indent=1).encode())
     return dict(rows=rows, summary=summary, cost=costs)
-
-def _costs(rows: list) -> dict:
-    out = {}
-    for r in rows:
-        if r.get('train_s_per_step'): out.setdefault(r['variant'], []).append(r['train_s_per_step'])
-    return out
-
-def summarize(rows: list,          # result rows (see `run_experiment`)
-              costs: dict|None=None, # seconds per training step per variant; None: from the rows' `train_s_per_step`
-             ) -> list:
-    "Mean and spread over seeds per variant, with training cost relative to fusion-only."
-    costs = _costs(rows) if costs is None else costs
-    out = []
-    for v in dict.fromkeys(r['variant'] for r in rows):
-        rs = [r for r in rows if r['variant'] == v]
-        d = dict(variant=v, seeds=len(rs))
-        for k in ('map50', 'map', 'VIF', 'Qabf', 'SSIM', 'EN', 'SD', 'SF', 'MI'):
-            vals = np.array([r[k] for r in rs], float)
-            d[k], d[k + '_sd'] = float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-        if v in costs and 'fusion' in costs: d['cost_vs_fusion'] = float(np.mean(costs[v]) / np.mean(costs['fusion']))
-        out.append(d)
-    return out
-
-def summary_markdown(summary: list) -> str:
-    "The summary as a markdown table."
-    lines = ['| input | mAP@0.5 | mAP@.5:.95 | VIF | Qabf | SSIM | EN | SD | train time/step vs fusion-only |',
-             '|---|---|---|---|---|---|---|---|---|']
-    for d in summary:
-        c = f"{d['cost_vs_fusion']:.2f}x" if 'cost_vs_fusion' in d else '—'
-        lines.append(f"| {d['variant']} | {d['map50']:.3f} ± {d['map50_sd']:.3f} | {d['map']:.3f} ± {d['map_sd']:.3f} | "
-                     f"{d['VIF']:.3f} | {d['Qabf']:.3f} | {d['SSIM']:.3f} | {d['EN']:.2f} | {d['SD']:.1f} | {c} |")
-    return '\n'.join(lines)
 
 # %% ../nbs/12_experiment.ipynb #f90c6b00
 def paired_gains(rows: list, base: str='fusion', metric: str='map50') -> dict:

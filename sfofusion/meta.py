@@ -20,6 +20,14 @@ from torch.func import functional_call
 
 from .core import FusionInputError, atomic_write_bytes, check_image, check_same_size, check_writable
 from .losses import FusionLoss, LossConfig, sobel_gradient, sobel_magnitude, ssim_loss
+from .engine import (LoopState, RUN_FILES, autocast_for, check_keys, config_field, dry_run_report, log_row, lr_at, require,
+                              make_scaler, nested_config, optimizer_step, read_log, replica_max_diff, resume_from, run_loop,
+                              save_step_checkpoint, start_run, last_row)
+from .train import TrainConfig, check_crop, initial_model, synthetic_size
+from .data import get_dataset, FusionCrops, SyntheticPairs, collate_fusion, SYNTHETIC_CLASSES
+from .model import SFOFusion, SFOFusionConfig, build_model
+from .tasks import TASKS, DetectorConfig, SegmenterConfig, build_task, save_task, load_task
+from .metrics import compute_metrics
 
 # %% auto #0
 __all__ = ['MODES', 'META_FILES', 'HEAD_GRAD_CLIP', 'LossGenConfig', 'LossGenerator', 'generated_fusion_loss', 'inner_step',
@@ -173,16 +181,7 @@ def holdout_split(n: int, holdout: int, split_seed: int=0) -> tuple[list, list]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed)).tolist()
     return sorted(perm[holdout:]), sorted(perm[:holdout])
 
-# %% ../nbs/11_meta.ipynb #c702f354
-from .engine import (LoopState, RUN_FILES, autocast_for, check_keys, config_field, dry_run_report, log_row, lr_at, require,
-                              make_scaler, nested_config, optimizer_step, read_log, replica_max_diff, resume_from, run_loop,
-                              save_step_checkpoint, start_run, last_row)
-from .train import TrainConfig, check_crop, initial_model, synthetic_size
-from .data import get_dataset, FusionCrops, SyntheticPairs, collate_fusion, SYNTHETIC_CLASSES
-from .model import SFOFusion, SFOFusionConfig, build_model
-from .tasks import TASKS, DetectorConfig, SegmenterConfig, build_task, save_task, load_task
-from .metrics import compute_metrics
-
+# %% ../nbs/11_meta.ipynb #59d303cc
 MODES = ('fusion', 'direct', 'meta')
 
 @dataclass
@@ -217,6 +216,7 @@ class MetaConfig(TrainConfig):
                                ('steps_per_epoch', self.steps_per_epoch >= 0, 'an integer >= 0'), ('val_pairs', self.val_pairs >= 0, 'an integer >= 0')):
             require(self, name, ok, want)
 
+# %% ../nbs/11_meta.ipynb #4369333e
 def build_task_data(cfg: MetaConfig) -> tuple:
     "(training crops, held-out items) for the task run described by `cfg`."
     need = dict(boxes=True, masks=False) if cfg.task == 'detection' else dict(boxes=False, masks=True)
@@ -242,14 +242,7 @@ def _task_kwargs(cfg: MetaConfig) -> dict:
         kw.setdefault('class_names', None)
     return kw
 
-def _sync_grads(modules, world: int) -> None:
-    "Average the gradients of `modules` over the DDP processes."
-    if world <= 1: return
-    for m in modules:
-        for p in m.parameters():
-            if p.grad is None: p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad); p.grad /= world
-
+# %% ../nbs/11_meta.ipynb #72d4e1f8
 @torch.no_grad()
 def validate_task(model: nn.Module, head: nn.Module, items: list) -> dict:
     "Fusion metrics (evaluator conventions, 8-bit) and the task score of `model` + `head` on held-out `items`."
@@ -272,7 +265,7 @@ def validate_task(model: nn.Module, head: nn.Module, items: list) -> dict:
     model.train(mt); head.train(ht)
     return res
 
-# %% ../nbs/11_meta.ipynb #42b4f2c1
+# %% ../nbs/11_meta.ipynb #4b807d26
 META_FILES = ('task', 'loss_generator.safetensors', 'balance.png')  # what a task run writes besides `RUN_FILES`
 HEAD_GRAD_CLIP = 10.0  # the task head's gradient-norm clip (detection losses spike early; the fusion clip is cfg.grad_clip)
 
@@ -290,6 +283,23 @@ class MetaParts:
     balance: BalanceState
     reference: dict          # fusion-only VIF/Qabf/SSIM on the held-out pairs
 
+def _meta_parts(cfg: MetaConfig, model: nn.Module, head: nn.Module, dev: torch.device) -> MetaParts:
+    "A run's `MetaParts` around `model` and `head`: a fresh loss generator, the three optimisers, the scaler, the initial λ."
+    gen = LossGenerator(LossGenConfig(**cfg.gen)).to(dev)
+    return MetaParts(model, head, gen, FusionLoss(LossConfig(**cfg.loss)).to(dev),
+                     torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+                     torch.optim.AdamW(head.parameters(), lr=cfg.task_lr, weight_decay=1e-4), torch.optim.Adam(gen.parameters(), lr=cfg.gen_lr),
+                     make_scaler(cfg, dev), BalanceState(lam=BalanceConfig(**cfg.balance).lam), dict(cfg.reference_metrics))
+
+def _sync_grads(modules, world: int) -> None:
+    "Average the gradients of `modules` over the DDP processes."
+    if world <= 1: return
+    for m in modules:
+        for p in m.parameters():
+            if p.grad is None: p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad); p.grad /= world
+
+# %% ../nbs/11_meta.ipynb #241b904c
 def meta_step(batch: dict, step: int, cfg: MetaConfig, dev: torch.device, world: int, m: MetaParts) -> dict:
     "One step: loop 2 (the generator learns from the task loss at the virtual step θ'), the real update of θ, the head's update."
     ir, vis = batch['ir'].to(dev), batch['vis'].to(dev)
@@ -330,6 +340,7 @@ def meta_step(batch: dict, step: int, cfg: MetaConfig, dev: torch.device, world:
     return dict(row, loss=float(total.detach()), fusion_loss=float(lf.detach()), head_loss=float(lh.detach()),
                 **{k: float(v) for k, v in parts.items()}, grad_norm=float(gnorm), skipped_step=not stepped)
 
+# %% ../nbs/11_meta.ipynb #ea290bb1
 def balance_epoch(m: MetaParts, cfg: MetaConfig, val_items: list, rank: int, world: int, out: Path, step: int) -> dict:
     "Loop 3, after an epoch: measure fusion quality and the task on the held-out pairs, and (meta mode) rebalance λ."
     val = validate_task(m.model, m.head, val_items) if rank == 0 else {}
@@ -341,7 +352,29 @@ def balance_epoch(m: MetaParts, cfg: MetaConfig, val_items: list, rank: int, wor
     if rank == 0: log_row(out/'log.jsonl', dict(step=step, epoch_end=True, quality=q, lam=m.balance.lam, **{f'val/{k}': v for k, v in val.items()}))
     return val
 
-# %% ../nbs/11_meta.ipynb #a4ba00fd
+# %% ../nbs/11_meta.ipynb #e89d250a
+def _resume(run, m: MetaParts, mods: dict, opts: dict, val_items: list) -> LoopState:
+    "Continue from the run's latest checkpoint, if any, and fix the fusion-only reference (measured by rank 0, shared)."
+    meta = resume_from(run, mods, opts)
+    state = LoopState(meta.get('step', 0), meta.get('skipped', 0), last_row(run.out/'log.jsonl') if meta else {})
+    if meta: m.reference, m.balance = meta['reference'], BalanceState(**meta['balance'])
+    if meta.get('scaler'): m.scaler.load_state_dict(meta['scaler'])      # fp16: the loss scale it had reached
+    if not m.reference and val_items and run.rank == 0:  # fusion-only reference: the initial network (a fusion-only model with init_weights)
+        m.reference = {k: v for k, v in validate_task(m.model, m.head, val_items).items() if k in ('VIF', 'Qabf', 'SSIM')}
+    if run.world > 1: obj = [m.reference]; dist.broadcast_object_list(obj, 0); m.reference = obj[0]  # every process balances
+    return state
+
+def _write_final(out: Path, cfg: MetaConfig, m: MetaParts, res: dict) -> None:
+    "A finished run's files: the final model, the task head, the loss generator (meta mode), the λ figure, result.json."
+    m.model.save_pretrained(out/'final')
+    save_task(m.head, out/'task')
+    if cfg.mode == 'meta':
+        from safetensors.torch import save_file
+        save_file({k: v.detach().cpu().contiguous() for k, v in m.gen.state_dict().items()}, str(out/'loss_generator.safetensors'))
+    plot_balance(out/'log.jsonl', out/'balance.png')
+    atomic_write_bytes(out/'result.json', json.dumps(res, indent=1).encode())
+
+# %% ../nbs/11_meta.ipynb #a122ff20
 def train_meta(cfg: MetaConfig,            # the run's configuration
                resume: bool=False,         # continue the run in `cfg.out_dir` from its latest checkpoint
                stop_after: int|None=None,  # stop (with a checkpoint) after this global step
@@ -361,19 +394,9 @@ def train_meta(cfg: MetaConfig,            # the run's configuration
     if head.kind != cfg.task: raise FusionInputError(f"`init_task`: expected a {cfg.task} head, got a {head.kind} head from {cfg.init_task}")
     if dry_run: return dry_run_report(run.start, out, len(ds), dev)
     if run.rank == 0: out.mkdir(parents=True, exist_ok=True)
-    gen = LossGenerator(LossGenConfig(**cfg.gen)).to(dev)
-    m = MetaParts(model, head, gen, FusionLoss(LossConfig(**cfg.loss)).to(dev),
-                  torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
-                  torch.optim.AdamW(head.parameters(), lr=cfg.task_lr, weight_decay=1e-4), torch.optim.Adam(gen.parameters(), lr=cfg.gen_lr),
-                  make_scaler(cfg, dev), BalanceState(lam=BalanceConfig(**cfg.balance).lam), dict(cfg.reference_metrics))
-    mods, opts = dict(model=model, task=head, gen=gen), dict(model=m.opt, task=m.opt_task, gen=m.opt_gen)
-    meta = resume_from(run, mods, opts)
-    state = LoopState(meta.get('step', 0), meta.get('skipped', 0), last_row(out/'log.jsonl') if meta else {})
-    if meta: m.reference, m.balance = meta['reference'], BalanceState(**meta['balance'])
-    if meta.get('scaler'): m.scaler.load_state_dict(meta['scaler'])      # fp16: the loss scale it had reached
-    if not m.reference and val_items and run.rank == 0:  # fusion-only reference: the initial network (a fusion-only model with init_weights)
-        m.reference = {k: v for k, v in validate_task(model, head, val_items).items() if k in ('VIF', 'Qabf', 'SSIM')}
-    if run.world > 1: obj = [m.reference]; dist.broadcast_object_list(obj, 0); m.reference = obj[0]  # every process balances
+    m = _meta_parts(cfg, model, head, dev)
+    mods, opts = dict(model=model, task=head, gen=m.gen), dict(model=m.opt, task=m.opt_task, gen=m.opt_gen)
+    state = _resume(run, m, mods, opts, val_items)
     if run.rank == 0: atomic_write_bytes(out/'config.json', json.dumps(cfg.to_dict(), indent=1).encode())
     spe, val = cfg.steps_per_epoch or len(ds) // (cfg.batch_size * run.world), {}
 
@@ -388,18 +411,10 @@ def train_meta(cfg: MetaConfig,            # the run's configuration
              after_step, stop_after, desc=f'train[{cfg.mode}]')
     res = dict(step=state.step, mode=cfg.mode, loss=state.row.get('loss'), lam=m.balance.lam, skipped=state.skipped, val=dict(val),
                reference=m.reference, s_per_step=state.row.get('s_per_step'), seconds=time.perf_counter() - t0)
-    if run.world > 1: res['replica_max_diff'] = replica_max_diff(model, head, gen)
-    if run.rank == 0 and state.step >= cfg.steps:
-        model.save_pretrained(out/'final')
-        save_task(head, out/'task')
-        if cfg.mode == 'meta':
-            from safetensors.torch import save_file
-            save_file({k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}, str(out/'loss_generator.safetensors'))
-        plot_balance(out/'log.jsonl', out/'balance.png')
-        atomic_write_bytes(out/'result.json', json.dumps(res, indent=1).encode())
+    if run.world > 1: res['replica_max_diff'] = replica_max_diff(model, head, m.gen)
+    if run.rank == 0 and state.step >= cfg.steps: _write_final(out, cfg, m, res)
     if run.world > 1: dist.barrier()
     return res
-
 
 # %% ../nbs/11_meta.ipynb #e9570c36
 def plot_balance(log: Path|str, out: Path|str) -> Path|None:

@@ -1,4 +1,4 @@
-"""A compact CenterNet-style detector and a compact encoder–decoder segmenter that read the fused image, with their losses, decoding, COCO mAP / mIoU metrics, checkpoints and the `TaskHead` interface the meta-learner uses.
+"""A compact CenterNet-style detector and a compact encoder–decoder segmenter that read the fused image, with their losses, decoding, checkpoints and the `TaskHead` interface the meta-learner uses.
 
 Docs: https://github.com/sfofusion/sfofusion/tasks.html.md"""
 
@@ -6,30 +6,28 @@ Docs: https://github.com/sfofusion/sfofusion/tasks.html.md"""
 
 # %% ../nbs/10_tasks.ipynb #106985dc
 from __future__ import annotations
-import contextlib, io, json, math
+import json, math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
 from .core import FusionInputError, atomic_write_bytes, check_image
 from .data import IGNORE_INDEX, MSRS, MSRS_SEG_CLASSES
+from .losses import REDUCTIONS  # 'mean', 'sum', 'none': one definition for losses and task losses
+from .task_metrics import batched_nms, check_boxes, check_labels, detection_map, segmentation_miou
 
 # %% auto #0
-__all__ = ['MAX_NORM_GROUPS', 'INPUT_MEAN', 'COCO_MAX_DETS', 'MIN_BOX_PX', 'MAX_LOG_SIZE', 'TASKS', 'TASK_WEIGHTS', 'TASK_CONFIG',
-           'TASK_FORMAT', 'ConvNormAct', 'Encoder', 'TopDownDecoder', 'box_area', 'box_iou', 'nms', 'batched_nms',
-           'detection_map', 'confusion_matrix', 'segmentation_miou', 'TaskHead', 'DetectorConfig', 'heatmap_targets',
+__all__ = ['MAX_NORM_GROUPS', 'INPUT_MEAN', 'MIN_BOX_PX', 'MAX_LOG_SIZE', 'TASKS', 'TASK_WEIGHTS', 'TASK_CONFIG', 'TASK_FORMAT',
+           'ConvNormAct', 'Encoder', 'TopDownDecoder', 'TaskHead', 'DetectorConfig', 'heatmap_targets',
            'detection_loss', 'Detections', 'decode_detections', 'Detector', 'SegmenterConfig', 'segmentation_loss',
            'Segmenter', 'build_task', 'save_task', 'load_task']
 
-# %% ../nbs/10_tasks.ipynb #cf1d2079
+# %% ../nbs/10_tasks.ipynb #b51c0d42
 MAX_NORM_GROUPS = 8  # GroupNorm groups (fewer when the width is not divisible by 8): per-image statistics, no running buffers
 INPUT_MEAN = 0.5     # fused images in [0, 1] are centred by this fixed value; per-image standardisation would hide contrast
 
@@ -42,6 +40,7 @@ class ConvNormAct(nn.Sequential):
     def __init__(self, cin: int, cout: int, stride: int=1):
         super().__init__(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(_groups(cout), cout), nn.ReLU())
 
+# %% ../nbs/10_tasks.ipynb #3d02d562
 class Encoder(nn.Module):
     "A light CNN: each stage halves the resolution (a strided block, then a plain one) and returns its features."
     def __init__(self, widths: tuple, in_channels: int=1):
@@ -57,6 +56,7 @@ class Encoder(nn.Module):
             feats.append(x)
         return feats
 
+# %% ../nbs/10_tasks.ipynb #fd50cf8d
 class TopDownDecoder(nn.Module):
     "FPN-style top-down path from the deepest encoder stage down to stage `out_stage`."
     def __init__(self, widths: tuple, width: int, out_stage: int):
@@ -75,181 +75,7 @@ class TopDownDecoder(nn.Module):
             y = self.smooth[i](lat + F.interpolate(y, size=lat.shape[-2:], mode='bilinear', align_corners=False))
         return y
 
-# %% ../nbs/10_tasks.ipynb #ad1a9247
-def _check_boxes(boxes, name: str) -> Tensor:
-    "`boxes` as a float (N, 4) tensor of finite xyxy boxes with x2 >= x1 and y2 >= y1; raise naming `name` otherwise."
-    b = torch.as_tensor(boxes)
-    if b.numel() == 0: return b.reshape(0, 4).float()
-    if b.ndim != 2 or b.shape[1] != 4 or not b.is_floating_point():
-        raise FusionInputError(f"`{name}`: expected a float tensor (N, 4) of xyxy boxes, got {b.dtype} {tuple(b.shape)}")
-    if not torch.isfinite(b).all(): raise FusionInputError(f"`{name}`: boxes contain NaN or inf")
-    if ((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])).any():
-        raise FusionInputError(f"`{name}`: expected x2 >= x1 and y2 >= y1 (xyxy order), got e.g. {b[(b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])][0].tolist()}")
-    return b
-
-def _check_labels(labels, n: int, num_classes: int, name: str) -> Tensor:
-    "`labels` as an int64 (n,) tensor of class ids in [0, num_classes); raise naming `name` otherwise."
-    l = torch.as_tensor(labels)
-    if l.numel() == 0 and n == 0: return l.reshape(0).long()
-    if l.ndim != 1 or len(l) != n or l.is_floating_point() or l.is_complex():
-        raise FusionInputError(f"`{name}`: expected integer class ids ({n},), got {l.dtype} {tuple(l.shape)}")
-    if n and (l.min() < 0 or l.max() >= num_classes):
-        raise FusionInputError(f"`{name}`: class ids must be in [0, {num_classes - 1}], got {sorted(set(l.tolist()))}")
-    return l.long()
-
-def box_area(boxes: Tensor) -> Tensor:
-    "Areas (N,) of xyxy boxes (N, 4)."
-    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
-
-def box_iou(a: Tensor, # (N, 4) float xyxy
-            b: Tensor, # (M, 4) float xyxy
-           ) -> Tensor: # (N, M) IoU in [0, 1]; 0 where both boxes are empty
-    "Pairwise IoU of two sets of boxes."
-    lt, rb = torch.maximum(a[:, None, :2], b[None, :, :2]), torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)                     # (N, M)
-    union = box_area(a)[:, None] + box_area(b)[None] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(inter.dtype).tiny), torch.zeros_like(inter))
-
-def nms(boxes: Tensor,  # (N, 4) float xyxy
-        scores: Tensor, # (N,) float
-        iou_threshold: float, # drop a box overlapping a kept, higher-scoring one by IoU > this
-       ) -> Tensor:     # (K,) int64 indices of the kept boxes, by decreasing score
-    "Greedy non-maximum suppression."
-    boxes = _check_boxes(boxes, 'boxes')
-    if scores.shape != (len(boxes),): raise FusionInputError(f"`scores`: expected shape ({len(boxes)},), got {tuple(scores.shape)}")
-    order = torch.argsort(scores, descending=True, stable=True)
-    iou = box_iou(boxes[order], boxes[order]).cpu().numpy()
-    keep = np.ones(len(order), dtype=bool)
-    for i in range(len(order)):
-        if keep[i]: keep[i + 1:] &= iou[i, i + 1:] <= iou_threshold
-    return order[torch.from_numpy(keep).to(order.device)]
-
-def batched_nms(boxes: Tensor,  # (N, 4) float xyxy
-                scores: Tensor, # (N,) float
-                labels: Tensor, # (N,) int64 class ids; boxes of different classes never suppress each other
-                iou_threshold: float,
-               ) -> Tensor:     # (K,) int64 indices of the kept boxes, by decreasing score
-    "Class-wise greedy non-maximum suppression."
-    boxes = _check_boxes(boxes, 'boxes')
-    if len(boxes) == 0: return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    span = boxes.max() - boxes.min() + 1                        # shifting by more than the extent separates the classes
-    return nms(boxes + (labels.to(boxes.dtype) * span)[:, None], scores, iou_threshold)
-
-# %% ../nbs/10_tasks.ipynb #f833dcfb
-COCO_MAX_DETS = 100  # detections per image COCOeval scores (its standard maxDets[-1])
-
-def _coco(images: list, categories: list, annotations: list) -> COCO:
-    "A pycocotools `COCO` object built in memory (no JSON file)."
-    c = COCO()
-    c.dataset = dict(images=images, categories=categories, annotations=annotations)
-    c.createIndex()
-    return c
-
-def _coco_boxes(boxes: Tensor) -> list:
-    "xyxy boxes (N, 4) as COCO [x, y, width, height] lists."
-    b = boxes.detach().double().cpu()
-    return torch.cat([b[:, :2], b[:, 2:] - b[:, :2]], 1).tolist()
-
-def detection_map(preds: list,        # per image: (boxes (N, 4) float xyxy pixels, scores (N,) float, labels (N,) int64), e.g. `Detections`
-                  targets: list,      # per image: (boxes (M, 4) float xyxy pixels, labels (M,) int64)
-                  num_classes: int,   # class ids are 0 .. num_classes - 1
-                  class_names: tuple|None=None, # keys of the per-class results; None: 'class0', 'class1', ...
-                  max_dets: int=COCO_MAX_DETS,  # detections per image scored, best first
-                 ) -> dict: # map50, map (0.5:0.95), per_class_map50, per_class_map ({name: AP}), num_images, num_gt, num_det
-    "COCO mAP@0.5 and mAP@0.5:0.95 of per-image detections, computed by pycocotools' COCOeval."
-    if not isinstance(preds, (list, tuple)) or not isinstance(targets, (list, tuple)):
-        raise FusionInputError(f"`preds`, `targets`: expected lists with one entry per image, got {type(preds).__name__} and {type(targets).__name__}")
-    if len(preds) != len(targets): raise FusionInputError(f"`preds` has {len(preds)} images but `targets` has {len(targets)}")
-    if not isinstance(num_classes, int) or num_classes < 1: raise FusionInputError(f"`num_classes`: expected an integer >= 1, got {num_classes!r}")
-    names = tuple(class_names) if class_names is not None else tuple(f'class{k}' for k in range(num_classes))
-    if len(names) != num_classes: raise FusionInputError(f"`class_names`: {len(names)} names for num_classes={num_classes}")
-    images = [dict(id=i + 1) for i in range(len(targets))]  # COCO ids start at 1: COCOeval reads id 0 as "unmatched"
-    cats = [dict(id=k + 1, name=n) for k, n in enumerate(names)]
-    gts, dts = [], []
-    for i, (t, p) in enumerate(zip(targets, preds)):
-        if len(t) != 2: raise FusionInputError(f"`targets[{i}]`: expected (boxes, labels), got {len(t)} items")
-        if len(p) != 3: raise FusionInputError(f"`preds[{i}]`: expected (boxes, scores, labels), got {len(p)} items")
-        tb = _check_boxes(t[0], f'targets[{i}] boxes')
-        tl = _check_labels(t[1], len(tb), num_classes, f'targets[{i}] labels')
-        pb = _check_boxes(p[0], f'preds[{i}] boxes')
-        ps = torch.as_tensor(p[1]).detach().double().cpu().reshape(-1)
-        if len(ps) != len(pb) or not torch.isfinite(ps).all():
-            raise FusionInputError(f"`preds[{i}] scores`: expected {len(pb)} finite scores, got {tuple(torch.as_tensor(p[1]).shape)}")
-        pl = _check_labels(p[2], len(pb), num_classes, f'preds[{i}] labels')
-        for box, c in zip(_coco_boxes(tb), tl.tolist()):
-            gts.append(dict(id=len(gts) + 1, image_id=i + 1, category_id=c + 1, bbox=box, area=box[2] * box[3], iscrowd=0))
-        for box, s, c in zip(_coco_boxes(pb), ps.tolist(), pl.tolist()):
-            dts.append(dict(id=len(dts) + 1, image_id=i + 1, category_id=c + 1, bbox=box, area=box[2] * box[3], iscrowd=0, score=s))
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        ev = COCOeval(_coco(images, cats, gts), _coco(images, cats, dts), 'bbox')
-        ev.params.maxDets = [1, 10, max_dets]
-        ev.evaluate()
-        ev.accumulate()
-    assert np.isclose(ev.params.iouThrs[0], 0.5)
-    prec = ev.eval['precision'][:, :, :, 0, -1]  # (IoU thresholds, recall points, classes) for area 'all', max_dets; -1: no ground truth
-    ap50, ap = {}, {}
-    for k, n in enumerate(names):
-        p = prec[:, :, k]
-        has_gt = bool((p > -1).all())
-        ap50[n], ap[n] = (float(p[0].mean()), float(p.mean())) if has_gt else (math.nan, math.nan)
-    mean = lambda d: float(np.mean([v for v in d.values() if not math.isnan(v)])) if any(not math.isnan(v) for v in d.values()) else math.nan
-    return dict(map50=mean(ap50), map=mean(ap), per_class_map50=ap50, per_class_map=ap,
-                num_images=len(targets), num_gt=len(gts), num_det=len(dts))
-
-# %% ../nbs/10_tasks.ipynb #36ca5623
-def _mask_list(x, name: str) -> list[Tensor]:
-    "Class-id masks as a list of (H, W) integer tensors, from a (H, W) or (B, H, W) tensor or a list of them."
-    items = [x] if isinstance(x, Tensor) else list(x) if isinstance(x, (list, tuple)) else None
-    if items is None: raise FusionInputError(f"`{name}`: expected an integer tensor (H, W) / (B, H, W) or a list of them, got {type(x).__name__}")
-    out = []
-    for i, m in enumerate(items):
-        m = torch.as_tensor(m)
-        if m.is_floating_point() or m.is_complex() or m.dtype == torch.bool or m.ndim not in (2, 3):
-            raise FusionInputError(f"`{name}`: expected integer class ids (H, W) or (B, H, W), got {m.dtype} {tuple(m.shape)}")
-        out += [m] if m.ndim == 2 else list(m)
-    return out
-
-def confusion_matrix(pred,           # predicted class ids: int tensor (H, W) / (B, H, W), or a list of them
-                     target,         # true class ids, same shapes; `ignore_index` marks unlabelled pixels
-                     num_classes: int,
-                     ignore_index: int=IGNORE_INDEX,
-                    ) -> Tensor:     # (K, K) int64; rows: true class, columns: predicted class
-    "Pixel counts of (true class, predicted class) over all labelled pixels."
-    P, T = _mask_list(pred, 'pred'), _mask_list(target, 'target')
-    if len(P) != len(T): raise FusionInputError(f"`pred` has {len(P)} masks but `target` has {len(T)}")
-    K = num_classes
-    cm = torch.zeros(K * K, dtype=torch.long)
-    for i, (p, t) in enumerate(zip(P, T)):
-        if p.shape != t.shape: raise FusionInputError(f"`pred[{i}]` is {tuple(p.shape)} but `target[{i}]` is {tuple(t.shape)}")
-        p, t = p.cpu().long(), t.cpu().long()
-        valid = t != ignore_index
-        tv, pv = t[valid], p[valid]
-        if tv.numel() and (tv.min() < 0 or tv.max() >= K):
-            raise FusionInputError(f"`target[{i}]`: class ids must be in [0, {K - 1}] or {ignore_index}, got {sorted(set(tv.unique().tolist()) - set(range(K)))[:8]}")
-        if pv.numel() and (pv.min() < 0 or pv.max() >= K):
-            raise FusionInputError(f"`pred[{i}]`: class ids must be in [0, {K - 1}], got {sorted(set(pv.unique().tolist()) - set(range(K)))[:8]}")
-        cm += torch.bincount(tv * K + pv, minlength=K * K)
-    return cm.view(K, K)
-
-def segmentation_miou(pred,           # predicted class ids: int tensor (H, W) / (B, H, W), or a list of them
-                      target,         # true class ids, same shapes
-                      num_classes: int,
-                      ignore_index: int=IGNORE_INDEX, # target value of unlabelled pixels
-                      class_names: tuple|None=None,   # keys of per_class_iou; None: 'class0', 'class1', ...
-                     ) -> dict: # miou, per_class_iou {name: IoU or NaN}, pixel_accuracy, confusion (K, K)
-    "Mean IoU over the classes present in target or prediction, pooled over all images."
-    names = tuple(class_names) if class_names is not None else tuple(f'class{k}' for k in range(num_classes))
-    if len(names) != num_classes: raise FusionInputError(f"`class_names`: {len(names)} names for num_classes={num_classes}")
-    cm = confusion_matrix(pred, target, num_classes, ignore_index)
-    c = cm.double()
-    tp, union = c.diag(), c.sum(0) + c.sum(1) - c.diag()
-    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
-    present = ~torch.isnan(iou)
-    return dict(miou=float(iou[present].mean()) if present.any() else math.nan,
-                per_class_iou={n: float(v) for n, v in zip(names, iou)},
-                pixel_accuracy=float(tp.sum() / c.sum()) if c.sum() > 0 else math.nan, confusion=cm)
-
-# %% ../nbs/10_tasks.ipynb #394f5a1c
+# %% ../nbs/10_tasks.ipynb #270ae919
 def _image_list(x, name: str) -> list[Tensor]:
     "Images as a list of (1, 1, H, W): from a batch (B, 1, H, W), or a list of (1, H, W) / (1, 1, H, W) tensors."
     if isinstance(x, Tensor):
@@ -280,6 +106,16 @@ def _target_list(targets, keys: tuple, n: int) -> list[dict]:
         out.append({k: t[k] for k in keys})
     return out
 
+def _same_size_batches(imgs: list, batch_size: int):
+    "Consecutive images of one size, concatenated into batches of at most `batch_size` (a generator)."
+    i = 0
+    while i < len(imgs):
+        j = i + 1
+        while j < len(imgs) and j - i < batch_size and imgs[j].shape == imgs[i].shape: j += 1
+        yield torch.cat(imgs[i:j])
+        i = j
+
+# %% ../nbs/10_tasks.ipynb #7d087205
 class TaskHead(nn.Module):
     "A task network on the fused image, with its loss, decoding and metric: the interface the meta-learner uses."
     kind: str = ''             # its `build_task` name
@@ -327,15 +163,11 @@ class TaskHead(nn.Module):
         "Predict every image and score the predictions against `targets`."
         imgs = _image_list(fused_images, 'fused_images')
         tg = _target_list(targets, self.target_keys, len(imgs))
-        dev, preds, i = next(self.parameters()).device, [], 0
-        while i < len(imgs):
-            j = i + 1
-            while j < len(imgs) and j - i < batch_size and imgs[j].shape == imgs[i].shape: j += 1
-            preds += self.predict(torch.cat(imgs[i:j]).to(dev))
-            i = j
+        dev = next(self.parameters()).device
+        preds = [p for x in _same_size_batches(imgs, batch_size) for p in self.predict(x.to(dev))]
         return self.metric(preds, tg)
 
-# %% ../nbs/10_tasks.ipynb #ead7d2f8
+# %% ../nbs/10_tasks.ipynb #22c3ab26
 def _from_dict(cls, d: dict):
     "A config dataclass from a dict (e.g. JSON); unknown keys raise, listing the valid ones."
     names = [f.name for f in fields(cls)]
@@ -361,6 +193,7 @@ def _check_common(cfg):
     if not cfg.widths or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in cfg.widths):
         raise FusionInputError(f"{name}.widths: expected a non-empty tuple of positive integers, got {cfg.widths!r}")
 
+# %% ../nbs/10_tasks.ipynb #3d820101
 @dataclass
 class DetectorConfig:
     "Settings of the CenterNet-style detector; the defaults suit MSRS's 3 classes at 320×240 (about 150k parameters)."
@@ -433,9 +266,7 @@ def heatmap_targets(boxes: Tensor,     # (N, 4) float xyxy pixels
     log_size = size.clamp(min=MIN_BOX_PX / stride).log()
     return dict(heatmap=heat, index=cell[:, 1] * w + cell[:, 0], size=size, log_size=log_size, offset=centre - cell, labels=labels)
 
-# %% ../nbs/10_tasks.ipynb #fb63d15d
-from .losses import REDUCTIONS  # 'mean', 'sum', 'none': one definition for losses and task losses
-
+# %% ../nbs/10_tasks.ipynb #feae898f
 def _reduce(per_image: Tensor, reduction: str, counted: Tensor|None=None) -> Tensor:
     "Reduce (B,) per-image losses: mean over the `counted` images (all by default), sum, or none."
     if reduction not in REDUCTIONS: raise FusionInputError(f"`reduction`: expected one of {REDUCTIONS}, got {reduction!r}")
@@ -444,6 +275,7 @@ def _reduce(per_image: Tensor, reduction: str, counted: Tensor|None=None) -> Ten
     n = len(per_image) if counted is None else int(counted.sum())
     return per_image.sum() / max(n, 1)
 
+# %% ../nbs/10_tasks.ipynb #a778448d
 def detection_loss(outputs: dict,    # the detector's outputs: heatmap (B, K, h, w) logits, log_size and offset (B, 2, h, w)
                    boxes: list,      # B tensors (N_i, 4) float xyxy pixels of the input image
                    labels: list,     # B tensors (N_i,) int64 class ids
@@ -503,7 +335,7 @@ def decode_detections(outputs: dict,  # heatmap (B, K, h, w) logits; log_size an
         out.append(Detections(b[keep], s[keep], l[keep]))
     return out
 
-# %% ../nbs/10_tasks.ipynb #63f258dd
+# %% ../nbs/10_tasks.ipynb #19e689a8
 def _batch_boxes(batch: dict, B: int, num_classes: int) -> tuple[list, list]:
     "The per-image boxes and labels of a collated batch, checked."
     if not isinstance(batch, dict) or 'boxes' not in batch or 'labels' not in batch:
@@ -514,9 +346,10 @@ def _batch_boxes(batch: dict, B: int, num_classes: int) -> tuple[list, list]:
         if not isinstance(v, (list, tuple)) or len(v) != B:
             raise FusionInputError(f"`batch['{k}']`: expected a list of {B} per-image tensors, got {type(v).__name__}"
                                    + (f" of length {len(v)}" if isinstance(v, (list, tuple)) else ''))
-    boxes = [_check_boxes(b, f"batch['boxes'][{i}]") for i, b in enumerate(boxes)]
-    return boxes, [_check_labels(l, len(b), num_classes, f"batch['labels'][{i}]") for i, (l, b) in enumerate(zip(labels, boxes))]
+    boxes = [check_boxes(b, f"batch['boxes'][{i}]") for i, b in enumerate(boxes)]
+    return boxes, [check_labels(l, len(b), num_classes, f"batch['labels'][{i}]") for i, (l, b) in enumerate(zip(labels, boxes))]
 
+# %% ../nbs/10_tasks.ipynb #125eee65
 class Detector(TaskHead):
     "CenterNet-style detector on the fused image: class heatmaps of object centres, box sizes and sub-cell offsets."
     kind, config_class, target_keys = 'detection', DetectorConfig, ('boxes', 'labels')
@@ -555,7 +388,7 @@ class Detector(TaskHead):
         r = detection_map(preds, [(t['boxes'], t['labels']) for t in targets], c.num_classes, c.names)
         return dict(score=r['map50'], **r)
 
-# %% ../nbs/10_tasks.ipynb #e8d9ccd2
+# %% ../nbs/10_tasks.ipynb #9f06308f
 @dataclass
 class SegmenterConfig:
     "Settings of the encoder–decoder segmenter; the defaults suit MSRS's 9 label ids (about 150k parameters)."
@@ -583,6 +416,7 @@ class SegmenterConfig:
         "Config from a dict (e.g. the saved JSON); unknown keys raise, listing the valid ones."
         return _from_dict(cls, d)
 
+# %% ../nbs/10_tasks.ipynb #4999fc59
 def _batch_mask(batch: dict, shape: tuple, config: SegmenterConfig) -> Tensor:
     "The (B, H, W) int64 masks of a collated batch, checked against the images' shape and the class ids."
     B, _, H, W = shape
@@ -610,6 +444,7 @@ def segmentation_loss(logits: Tensor, # (B, K, H, W) class logits
     per_image = ce.flatten(1).sum(1) / denom.clamp(min=torch.finfo(logits.dtype).tiny)
     return dict(ce=per_image, total=per_image, counted=valid.flatten(1).any(1))
 
+# %% ../nbs/10_tasks.ipynb #8857b7a8
 class Segmenter(TaskHead):
     "Encoder–decoder segmenter on the fused image: class logits per pixel."
     kind, config_class, target_keys = 'segmentation', SegmenterConfig, ('mask',)

@@ -23,6 +23,7 @@ def _missing() -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_explorer_in_a_real_browser(tmp_path):
     missing = _missing()
     if missing:

@@ -162,6 +162,7 @@ def test_segmentation_task(tmp_path):
     assert res['step'] == 4 and 0 <= res['val']['task'] <= 1
 
 
+@pytest.mark.slow
 def test_ddp_meta_two_processes(tmp_path):
     cli = str(Path(sys.executable).with_name('sfofusion'))
     out = tmp_path/'ddp'
@@ -175,7 +176,7 @@ def test_ddp_meta_two_processes(tmp_path):
     assert res['step'] == 2 and res['replica_max_diff'] == 0.0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.cuda
 @pytest.mark.parametrize('first_order', [False, True])
 def test_cuda_meta_training(tmp_path, first_order):
     res = train_meta(MetaConfig(**TINY, device='cuda', precision='bf16', first_order=first_order, out_dir=str(tmp_path/'m')))

@@ -19,6 +19,7 @@ def test_train_notebook_runs_with_injected_parameters(tmp_path):
     assert (out_dir/'final'/'model.safetensors').is_file()
 
 
+@pytest.mark.slow
 def test_benchmark_notebook_runs_on_the_validation_split(tmp_path, shared_path):
     shared_path('data/MSRS/test')
     "The README's benchmark command with the validation key (one pair, one timing run)."
@@ -40,6 +41,7 @@ def test_train_notebook_bad_parameter_is_one_clear_error(tmp_path):
     assert not (tmp_path/'run').exists()
 
 
+@pytest.mark.slow
 def test_train_notebook_rerun_never_destroys_a_run(tmp_path):
     "Rerunning the notebook into a finished run's folder is refused unless overwrite or resume is injected."
     params = dict(steps=2, batch_size=2, crop=32, out_dir=str(tmp_path/'run'))

@@ -71,6 +71,7 @@ def test_the_readme_has_commands():
     assert len(cmds) >= 12 and any('fuse' in c for c in cmds) and any('train' in c for c in cmds)
 
 
+@pytest.mark.slow
 def test_readme_commands_run_as_written(user_dir):
     no_cuda = not torch.cuda.is_available()
     for cmd in commands():
@@ -88,6 +89,7 @@ def test_readme_commands_run_as_written(user_dir):
     assert len(list((user_dir/'runs'/'fused').iterdir())) == 80 and (user_dir/'results.csv').is_file()
 
 
+@pytest.mark.slow
 def test_readme_python_blocks_run(user_dir):
     blocks = usage_blocks('python') + usage_blocks('python', '## Python, step by step', '## Reproduction report')
     assert len(blocks) >= 4

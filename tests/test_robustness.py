@@ -324,6 +324,7 @@ def test_train_crop_larger_than_the_images(sf, pairs, tmp_path):
     assert not (tmp_path/'run').exists()
 
 
+@pytest.mark.slow
 def test_train_sigterm_saves_a_checkpoint(tmp_path):
     "A scheduler's SIGTERM is handled as Ctrl-C: a checkpoint, exit 130, and --resume continues."
     import signal, time

@@ -1,4 +1,4 @@
-"Tests of sfofusion.tasks: shapes, targets and decoding, NMS, COCO mAP and mIoU, losses and gradients, overfitting, checkpoints, errors."
+"Tests of sfofusion.tasks and sfofusion.task_metrics: shapes, targets and decoding, NMS, COCO mAP and mIoU, losses and gradients, overfitting, checkpoints, errors."
 import io, json, math, os
 from pathlib import Path
 
@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from sfofusion.core import FusionInputError, shared_dir
+from sfofusion.core import FusionInputError
 from sfofusion.data import IGNORE_INDEX, MSRS_SEG_CLASSES, SyntheticPairs, collate_fusion, get_dataset
+from sfofusion.task_metrics import batched_nms, box_iou, confusion_matrix, detection_map, nms, segmentation_miou
 from sfofusion.tasks import (TASK_CONFIG, TASK_WEIGHTS, TASKS, Detections, Detector, DetectorConfig, Segmenter,
-                             SegmenterConfig, TaskHead, batched_nms, box_iou, build_task, confusion_matrix,
-                             decode_detections, detection_loss, detection_map, heatmap_targets, load_task, nms,
-                             save_task, segmentation_miou)
+                             SegmenterConfig, TaskHead, build_task, decode_detections, detection_loss, heatmap_targets,
+                             load_task, save_task)
 
 SYN_DET = dict(num_classes=2, class_names=SyntheticPairs.class_names)
 SYN_SEG = dict(num_classes=3, class_names=('background', 'person', 'car'))
@@ -540,10 +540,8 @@ def test_msrs_detection_layout(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_msrs_boxes():
-    sd = shared_dir()
-    if sd is None or not (sd / 'data' / 'MSRS' / 'test').is_dir(): pytest.skip('shared MSRS data (../shared/data/MSRS) not found')
-    ds = get_dataset('msrs', sd / 'data' / 'MSRS', split='test')
+def test_real_msrs_boxes(shared_path):
+    ds = get_dataset('msrs', shared_path('data/MSRS/test').parent, split='test')
     items = [ds[i] for i in range(4)]
     imgs = [torch.nn.functional.interpolate(((it['ir'] + it['vis']) / 2)[None], scale_factor=0.5, mode='area')[0] for it in items]
     tg = [dict(boxes=it['boxes'] * 0.5, labels=it['labels']) for it in items]
@@ -554,7 +552,7 @@ def test_real_msrs_boxes():
 
 # ---------------------------------------------------------------- devices
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA not available')
+@pytest.mark.cuda
 @pytest.mark.parametrize('kind,cfg', [('detection', SYN_DET), ('segmentation', SYN_SEG)])
 def test_cuda(kind, cfg, tmp_path):
     b, fused = synthetic_batch(2)

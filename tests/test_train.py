@@ -85,6 +85,7 @@ def test_validation_on_real_pairs(tmp_path, shared_path):
     assert (tmp_path/'v'/'loss.png').stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_cli_train(tmp_path):
     out = tmp_path/'cli'
     r = subprocess.run([CLI, 'train', '--steps', '2', '--out-dir', str(out),
@@ -97,6 +98,7 @@ def test_cli_train(tmp_path):
     assert bad.returncode == 2 and "unknown config field 'nope'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_agree(tmp_path):
     out = tmp_path/'ddp'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', CLI,
