@@ -64,12 +64,14 @@ def _expand(x: Tensor, size: tuple[int, int]) -> Tensor:
     mask[..., ::2, ::2] = 1
     return _blur(up) / _blur(mask)                                  # = 4 x blur inside; exact for constants at borders too
 
+# %% ../nbs/14_baselines.ipynb #6abdb5da
 def pyramid_levels(h: int, w: int, levels: int) -> int:
     "The number of levels actually used: at most `levels`, stopping once a side would fall below 2 pixels."
     n = 0
     while n < levels and min(h, w) >= 4: h, w, n = (h + 1) // 2, (w + 1) // 2, n + 1
     return n
 
+# %% ../nbs/14_baselines.ipynb #b09a6a16
 def laplacian_pyramid(x: Tensor,     # (B, C, H, W) float
                       levels: int=4, # detail levels wanted (fewer for tiny images, see `pyramid_levels`)
                      ) -> list[Tensor]: # details L_0 (B, C, H, W), L_1 (half size), ..., then the base G_n
@@ -91,6 +93,7 @@ def reconstruct_laplacian(pyr: list[Tensor]) -> Tensor: # as from `laplacian_pyr
         x = d + _expand(x.reshape(B * C, 1, *x.shape[-2:]), d.shape[-2:]).reshape(B, C, *d.shape[-2:])
     return x
 
+# %% ../nbs/14_baselines.ipynb #dcf03dba
 def laplacian_fusion(ir: Tensor,  # (B, 1, H, W) infrared, float in [0, 1]
                      vis: Tensor, # (B, 1, H, W) visible luminance, float in [0, 1]
                      levels: int=4, # pyramid detail levels
@@ -119,6 +122,7 @@ def haar_idwt(ll: Tensor, details: Tensor) -> Tensor: # LL (N, 1, h, w), details
     blocks = torch.einsum('ji,njhw->nihw', HAAR.to(ll), torch.cat([ll, details], 1))
     return F.pixel_shuffle(blocks, 2)
 
+# %% ../nbs/14_baselines.ipynb #1631d36d
 def wavelet_decompose(x: Tensor,     # (B, C, H, W) float
                       levels: int=3, # DWT levels wanted (fewer for tiny images, see `pyramid_levels`)
                      ) -> tuple[Tensor, list[tuple[Tensor, tuple[int, int]]]]: # final LL, [(details, size before padding)] fine to coarse
@@ -141,6 +145,7 @@ def wavelet_reconstruct(ll: Tensor, # (B, C, h, w) final approximation
         x = haar_idwt(x, d.reshape(B * C, 3, *d.shape[-2:]))[..., :h, :w]
     return x.reshape(B, C, *x.shape[-2:])
 
+# %% ../nbs/14_baselines.ipynb #d3951928
 def dwt_fusion(ir: Tensor,  # (B, 1, H, W) infrared, float in [0, 1]
                vis: Tensor, # (B, 1, H, W) visible luminance, float in [0, 1]
                levels: int=3, # DWT levels

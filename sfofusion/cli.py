@@ -20,6 +20,7 @@ def _text(s: str) -> str:
 
 def _path(s: str) -> Path: return Path(_text(s))
 
+# %% ../nbs/16_cli.ipynb #9f5ca026
 def _add_fuse(sub):
     p = sub.add_parser('fuse', help='fuse infrared-visible pairs', description='Fuse IR/VIS pairs (folders, files or quoted globs).')
     p.add_argument('--ir', type=_text, help='infrared folder, file or quoted glob')
@@ -35,6 +36,7 @@ def _add_fuse(sub):
     p.add_argument('--demo', type=_path, metavar='OUTDIR', help='fuse built-in synthetic pairs into OUTDIR and write demo.png')
     p.set_defaults(func=_run_fuse)
 
+# %% ../nbs/16_cli.ipynb #6dc7acc3
 def _run_fuse(a) -> int:
     from sfofusion.core import FusionInputError
     from sfofusion.fuse import demo, fuse_folder
@@ -74,6 +76,7 @@ def _add_eval(sub):
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.set_defaults(func=_run_eval)
 
+# %% ../nbs/16_cli.ipynb #7bffe82d
 def _positive(s: str) -> float:
     "A finite number > 0."
     try: v = float(s)
@@ -87,6 +90,7 @@ def _peak(s: str) -> str|float:
     try: return _positive(s)
     except argparse.ArgumentTypeError: raise argparse.ArgumentTypeError(f"expected 'max' or a number > 0 such as 255, got {s!r}") from None
 
+# %% ../nbs/16_cli.ipynb #3db5ed75
 def _run_eval(a) -> int:
     from sfofusion.core import FusionInputError, resolve_device
     from sfofusion.evaluate import evaluate_folders
@@ -133,6 +137,7 @@ def _add_data(sub):
     l = dsub.add_parser('list', help='list the known datasets')
     l.set_defaults(func=_run_list)
 
+# %% ../nbs/16_cli.ipynb #04c66fc4
 def _run_fetch(a) -> int:
     from sfofusion.data import default_dataset_dir, fetch_dataset
     out = fetch_dataset(a.name, a.to or default_dataset_dir(a.name), url=a.url, sha256=a.sha256, archive=a.archive,
@@ -172,6 +177,7 @@ def _add_train(sub):
                    help="with --task: 'meta' (three loops, default), 'direct' (fusion + lambda * task loss), 'fusion'")
     p.set_defaults(func=_run_train)
 
+# %% ../nbs/16_cli.ipynb #419491d3
 def _settings(items: list[str]) -> dict:
     "--set KEY=VALUE items as a dict (a repeated key: the last one wins)."
     bad = [s for s in items if '=' not in s or not s.split('=', 1)[0].strip()]
@@ -179,6 +185,7 @@ def _settings(items: list[str]) -> dict:
     if bad: raise FusionInputError(f"--set: expected KEY=VALUE, got {bad[0]!r}")
     return {k.strip(): v for k, v in (s.split('=', 1) for s in items)}
 
+# %% ../nbs/16_cli.ipynb #d64d70e6
 def _run_train(a) -> int:
     from sfofusion.core import FusionInputError
     if a.mode and not a.task: raise FusionInputError("--mode needs --task (detection or segmentation)")
@@ -215,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_fuse, _add_eval, _add_data, _add_train): add(sub)
     return p
 
+# %% ../nbs/16_cli.ipynb #a1e9a62d
 def check_out_file(path: Path, arg: str, suffix: str) -> None:
     "Raise unless `path` ends in `suffix` and can be written (core's `check_writable`), before any work."
     from sfofusion.core import FusionInputError, check_writable
@@ -250,6 +258,7 @@ class _Terminated(KeyboardInterrupt):
 
 def _on_sigterm(signum, frame): raise _Terminated()
 
+# %% ../nbs/16_cli.ipynb #7b43fe7d
 def main(argv: list[str]|None=None) -> int:
     "Run the `sfofusion` command line; returns the exit code (0 done, 1 work failed, 2 usage error, 130 Ctrl-C, 143 SIGTERM)."
     parser = build_parser()

@@ -108,6 +108,7 @@ def list_images(folder: Path|str) -> dict[str, Path]:
         out[p.stem] = p
     return out
 
+# %% ../nbs/00_core.ipynb #331e0a4b
 def find_layout(root: Path|str) -> tuple[Path, Path]:
     "The (ir_dir, vi_dir) folders of a dataset `root`, trying the known layouts in `PAIR_LAYOUTS`."
     root = Path(root)
@@ -118,6 +119,7 @@ def find_layout(root: Path|str) -> tuple[Path, Path]:
     found = sorted(p.name for p in root.iterdir() if p.is_dir())
     raise FusionInputError(f"`root`: {root} has no known pair layout (expected one of {known}; found folders {found})")
 
+# %% ../nbs/00_core.ipynb #a75422d5
 def find_pairs(
     root: Path|str|None=None,  # dataset folder holding one of `PAIR_LAYOUTS`
     ir_dir: Path|str|None=None, # or: explicit IR folder ...
@@ -278,6 +280,7 @@ def to_uint8(x: Tensor|np.ndarray) -> np.ndarray:
     a = x.detach().float().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float32)
     return np.floor(np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
 
+# %% ../nbs/00_core.ipynb #8fed729d
 TMP_SUFFIX = '.tmp'  # suffix of the temporary files of atomic writes
 
 def atomic_write_bytes(path: Path|str, data: bytes) -> Path:
@@ -304,6 +307,7 @@ def stale_temp_files(folder: Path|str) -> list[Path]:
     pat = re.compile(r'^\.(.+)\.[A-Za-z0-9_]{8}' + re.escape(TMP_SUFFIX) + '$')
     return sorted(p for p in folder.iterdir() if p.is_file() and pat.match(p.name))
 
+# %% ../nbs/00_core.ipynb #654ad9c6
 def save_image(path: Path|str,      # destination (.png, .jpg, .bmp or .tif)
                x: Tensor|np.ndarray, # (H, W), (C, H, W) or (1, C, H, W); C = 1 grey or 3 RGB; float in [0, 1]
               ) -> Path:

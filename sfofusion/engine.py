@@ -20,8 +20,8 @@ from .core import FusionInputError, atomic_write_bytes, check_flag, check_writab
 
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'RESUME_FREE', 'read_config_file', 'coerce_value', 'check_keys', 'type_ok', 'field_default',
-           'nested_config', 'require', 'is_int', 'is_num', 'config_field', 'lr_schedule', 'lr_at', 'epoch_batches',
+__all__ = ['RUN_FILES', 'RESUME_FREE', 'read_config_file', 'coerce_value', 'check_keys', 'is_int', 'is_num', 'type_ok',
+           'field_default', 'nested_config', 'require', 'config_field', 'lr_schedule', 'lr_at', 'epoch_batches',
            'save_checkpoint', 'load_checkpoint', 'save_step_checkpoint', 'checkpoint_problem', 'usable_checkpoint',
            'latest_checkpoint', 'RunStart', 'dry_run_report', 'open_run', 'parse_row', 'last_row', 'trim_log',
            'setup_device', 'fast_kernels', 'autocast_for', 'make_scaler', 'optimizer_step', 'replica_max_diff', 'Run',
@@ -48,6 +48,7 @@ def read_config_file(path: Path|str) -> dict:
     if not isinstance(d, dict): raise FusionInputError(f"`config`: {path} must hold a mapping of config fields (key: value), got {type(d).__name__} {str(d)[:40]}")
     return d
 
+# %% ../nbs/06a_engine.ipynb #bf335383
 def coerce_value(v, like, name):
     "Convert `v` (often a command-line string) to the type of the current value `like`."
     if not isinstance(v, str) or isinstance(like, str): return v
@@ -63,7 +64,6 @@ def coerce_value(v, like, name):
         raise FusionInputError(f"config field `{name}`: cannot read {v!r} as {kind}") from None
     return v
 
-
 # %% ../nbs/06a_engine.ipynb #08e00654
 def check_keys(cls: type, d, name: str) -> None:
     "Raise unless `d` is a mapping whose keys are all fields of the dataclass `cls` (the message lists the valid ones)."
@@ -71,6 +71,10 @@ def check_keys(cls: type, d, name: str) -> None:
     valid = [f.name for f in dataclasses.fields(cls)]
     bad = sorted(set(d) - set(valid), key=str)
     if bad: raise FusionInputError(f"config field `{name}`: unknown key(s) {', '.join(map(str, bad))}; valid keys: {', '.join(valid)}")
+
+# %% ../nbs/06a_engine.ipynb #766c9006
+def is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
+def is_num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 def type_ok(v, like) -> bool:
     "Is `v` of the kind of the default `like` (ints for ints, numbers for floats, and so on)?"
@@ -85,6 +89,7 @@ def type_ok(v, like) -> bool:
 def field_default(f: dataclasses.Field):
     return f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
 
+# %% ../nbs/06a_engine.ipynb #d3643e40
 def nested_config(cls: type, # the config dataclass the dict overrides (e.g. `LossConfig`)
                   d: dict,   # overrides of its fields
                   name: str, # the field holding `d`, for the message
@@ -99,11 +104,9 @@ def nested_config(cls: type, # the config dataclass the dict overrides (e.g. `Lo
     except FusionInputError as e: raise FusionInputError(f"config field `{name}`: {e}") from None
     except (TypeError, ValueError) as e: raise FusionInputError(f"config field `{name}`: a value has the wrong type ({e})") from None
 
+# %% ../nbs/06a_engine.ipynb #a74ce9e3
 def require(cfg, name: str, ok: bool, expected: str) -> None:
     if not ok: raise FusionInputError(f"config field `{name}`: expected {expected}, got {getattr(cfg, name)!r}")
-
-def is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
-def is_num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 @contextlib.contextmanager
 def config_field(name: str, value=None):
@@ -111,7 +114,6 @@ def config_field(name: str, value=None):
     try: yield
     except FusionInputError as e:
         raise FusionInputError(f"config field `{name}`{f' ({value})' if value is not None else ''}: {e}") from None
-
 
 # %% ../nbs/06a_engine.ipynb #cd180b1e
 def lr_schedule(step: int,          # the optimisation step (0-based)
@@ -162,6 +164,7 @@ def _opt_from_flat(opt: torch.optim.Optimizer, tensors: dict, meta: dict, prefix
 
 def _as_dict(x, name): return x if isinstance(x, dict) else ({name: x} if x is not None else {})
 
+# %% ../nbs/06a_engine.ipynb #0938456f
 def save_checkpoint(folder: Path|str,  # checkpoint folder to create (replaced if it exists)
                     modules,           # nn.Module (saved as `model`) or {name: nn.Module}
                     optimizers,        # Optimizer (for `model`) or {name: Optimizer}
@@ -192,6 +195,7 @@ def save_checkpoint(folder: Path|str,  # checkpoint folder to create (replaced i
     os.replace(tmp, folder)
     return folder
 
+# %% ../nbs/06a_engine.ipynb #7951cf84
 def load_checkpoint(folder: Path|str, modules, optimizers=None) -> dict:
     "Restore networks (and optimizers, RNG) from a checkpoint folder; returns its JSON state."
     folder = Path(folder)
@@ -210,7 +214,6 @@ def load_checkpoint(folder: Path|str, modules, optimizers=None) -> dict:
     if 'rng.cuda' in tensors and torch.cuda.is_available(): torch.cuda.set_rng_state(tensors['rng.cuda'])
     return meta
 
-
 # %% ../nbs/06a_engine.ipynb #dae19901
 def save_step_checkpoint(out_dir: Path|str, step: int, modules, optimizers, extra: dict|None=None, keep: int=2) -> Path:
     "Checkpoint `out_dir/checkpoints/step_NNNNNNNN` and delete all but the newest `keep` step checkpoints."
@@ -220,6 +223,7 @@ def save_step_checkpoint(out_dir: Path|str, step: int, modules, optimizers, extr
     for old in sorted(d.glob('step_*[0-9]'))[:-max(1, keep)]: shutil.rmtree(old)
     return folder
 
+# %% ../nbs/06a_engine.ipynb #77850785
 def checkpoint_problem(folder: Path) -> str|None:
     "Why the checkpoint `folder` cannot be loaded (missing or damaged files), or None when it is complete."
     from safetensors import SafetensorError, safe_open
@@ -248,7 +252,6 @@ def latest_checkpoint(out_dir: Path|str) -> Path|None:
     d = Path(out_dir)/'checkpoints'
     cands = sorted(d.glob('step_*[0-9]')) if d.is_dir() else []
     return cands[-1] if cands else None
-
 
 # %% ../nbs/06a_engine.ipynb #147dc8ef
 RUN_FILES = ('config.json', 'log.jsonl', 'checkpoints', 'final', 'loss.png', 'result.json')  # what a fusion run writes
@@ -314,6 +317,7 @@ def open_run(out: Path|str,     # the run folder
     if ck is None: print(f"resume: {out} has no usable checkpoint (the run stopped before its first one): starting from step 0")
     return RunStart(ck)
 
+# %% ../nbs/06a_engine.ipynb #44653352
 def _saved_config(out: Path, config: dict, damaged_ok: bool=False) -> dict:
     "The run config in `out/config.json` ({} when there is none, or damaged and `damaged_ok`); raise when it is not a run's."
     f = out/'config.json'
@@ -338,6 +342,7 @@ def _remove(out: Path, names: list) -> None:
     import shutil
     for n in names: shutil.rmtree(out/n) if (out/n).is_dir() else (out/n).unlink()
 
+# %% ../nbs/06a_engine.ipynb #97cf37de
 def parse_row(line: str) -> dict|None:
     "One JSONL log row, or None for a blank or damaged line (a run killed mid-write leaves half a line)."
     try: r = json.loads(line)
@@ -357,7 +362,6 @@ def trim_log(path: Path|str, step: int) -> None:
     rows = [l for l in path.read_text(errors='replace').splitlines() if (r := parse_row(l)) is not None and r.get('step', 0) <= step]
     atomic_write_bytes(path, ''.join(l + '\n' for l in rows).encode())
 
-
 # %% ../nbs/06a_engine.ipynb #b9fe4669
 def setup_device(cfg) -> tuple[int, int, torch.device]:
     "(rank, world size, device) for a run config's `device`; initialises torch.distributed when launched by torchrun."
@@ -374,6 +378,7 @@ def setup_device(cfg) -> tuple[int, int, torch.device]:
         torch.cuda.set_device(dev)
     return rank, world, dev
 
+# %% ../nbs/06a_engine.ipynb #539c464b
 @contextlib.contextmanager
 def fast_kernels(dev: torch.device):
     "For a run's duration on CUDA: cuDNN autotuning (fixed crop size) and TF32 matmuls/convolutions (~free speed on Ampere+); the caller's settings are restored after."
@@ -383,6 +388,7 @@ def fast_kernels(dev: torch.device):
     try: yield
     finally: torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = b, mm, cd
 
+# %% ../nbs/06a_engine.ipynb #1c2a39a5
 def autocast_for(dev: torch.device, precision: str):
     "Autocast context for `precision` ('fp32' disables it; bf16/fp16 only on CUDA)."
     if precision not in ('fp32', 'bf16', 'fp16'): raise FusionInputError(f"`precision`: expected 'fp32', 'bf16' or 'fp16', got {precision!r}")
@@ -393,6 +399,7 @@ def make_scaler(cfg, dev: torch.device) -> torch.amp.GradScaler:
     "A gradient scaler: active for fp16 on CUDA, a pass-through otherwise."
     return torch.amp.GradScaler('cuda', enabled=(cfg.precision == 'fp16' and dev.type == 'cuda'))
 
+# %% ../nbs/06a_engine.ipynb #14af1a8b
 def optimizer_step(loss: Tensor,           # the scalar to minimise
                    opt: torch.optim.Optimizer,
                    scaler: torch.amp.GradScaler,
@@ -415,6 +422,7 @@ def optimizer_step(loss: Tensor,           # the scalar to minimise
     scaler.step(opt); scaler.update()
     return gnorm, True
 
+# %% ../nbs/06a_engine.ipynb #07bb36da
 def replica_max_diff(*modules: nn.Module) -> float:
     "Largest difference between any parameter of `modules` and rank 0's copy (DDP replicas must agree: 0)."
     dev = next(modules[0].parameters()).device
@@ -425,7 +433,6 @@ def replica_max_diff(*modules: nn.Module) -> float:
             diff = torch.maximum(diff, (ref - p.detach()).abs().max())
     dist.all_reduce(diff, op=dist.ReduceOp.MAX)
     return float(diff)
-
 
 # %% ../nbs/06a_engine.ipynb #426f366b
 @dataclass
@@ -444,6 +451,7 @@ def check_run_args(resume, overwrite, dry_run, stop_after) -> None:
     if stop_after is not None and (not isinstance(stop_after, int) or isinstance(stop_after, bool) or stop_after < 0):
         raise FusionInputError(f"`stop_after`: expected None or an integer >= 0, got {stop_after!r}")
 
+# %% ../nbs/06a_engine.ipynb #2f65e53e
 def start_run(cfg, cls: type, resume: bool, overwrite: bool, dry_run: bool, stop_after: int|None, files: tuple=RUN_FILES) -> Run:
     "Check the arguments and the config, set up the device, and open the run folder (`open_run`) on rank 0."
     if not isinstance(cfg, cls):
@@ -467,7 +475,6 @@ def resume_from(run: Run, modules, optimizers) -> dict:
     if run.rank == 0: trim_log(run.out/'log.jsonl', meta['step']); print(f"resumed from {run.start.checkpoint} at step {meta['step']}")
     return meta
 
-
 # %% ../nbs/06a_engine.ipynb #409615d6
 def save_on_interrupt(checkpoint, step: int, world: int, bar=None) -> None:
     "Ctrl-C in a single-process run: write a checkpoint at `step` (with `checkpoint(step)`) and say how to continue."
@@ -479,6 +486,7 @@ def save_on_interrupt(checkpoint, step: int, world: int, bar=None) -> None:
 def log_row(path: Path, row: dict) -> None:
     with open(path, 'a') as f: f.write(json.dumps(row) + '\n')
 
+# %% ../nbs/06a_engine.ipynb #9ecedeb5
 @dataclass
 class LoopState:
     "Where a loop stands: the global step, the skipped (non-finite) steps, and the last row."
@@ -486,6 +494,7 @@ class LoopState:
     skipped: int = 0
     row: dict = field(default_factory=dict)
 
+# %% ../nbs/06a_engine.ipynb #ed1f7f5c
 def run_loop(ds,                 # a dataset with `set_epoch` (e.g. `FusionCrops`)
              cfg,                # the run's config (steps, batch_size, seed, num_workers, log_every, ckpt_every, progress)
              run: Run,
@@ -532,7 +541,6 @@ def run_loop(ds,                 # a dataset with `set_epoch` (e.g. `FusionCrops
     if bar is not None: bar.close()
     checkpoint(state.step)
     return state
-
 
 # %% ../nbs/06a_engine.ipynb #8f7e48ef
 def read_log(path: Path|str) -> list[dict]:

@@ -26,6 +26,7 @@ def _listing(items: list[str], sep: str=', ', k: int=5) -> str:
     "The first `k` of `items` joined by `sep`, then how many more."
     return sep.join(items[:k]) + (f"{sep}... ({len(items) - k} more)" if len(items) > k else '')
 
+# %% ../nbs/01a_evaluate.ipynb #c2ce8a86
 @dataclass
 class EvalResult:
     "Per-image fusion metrics of a folder, their means over defined values, what could not be scored, the conventions."
@@ -107,6 +108,7 @@ def _load_triplet(fp: Path, stem: str, irs: dict, vis: dict, ir_dir, vi_dir) -> 
         raise FusionInputError(f"sizes differ (W x H): {fp} is {_size(f)}, {irs[stem]} is {_size(a)}, {vis[stem]} is {_size(b)}")
     return f, a, b
 
+# %% ../nbs/01a_evaluate.ipynb #bb86633d
 def evaluate_folders(
     fused_dir: Path|str,        # folder of fused images
     ir_dir: Path|str,           # folder of infrared sources (same stems as the fused images)

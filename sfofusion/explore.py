@@ -38,6 +38,7 @@ def log_spectrum(x: Tensor) -> np.ndarray:
     a = (a - a.min()) / (a.max() - a.min() + 1e-12)
     return a.float().numpy()
 
+# %% ../nbs/15_explore.ipynb #e60c60ad
 @torch.no_grad()
 def panels(ir: Tensor, vis: Tensor, # (1, 1, H, W) float in [0, 1]
            model: torch.nn.Module,  # an `SFOFusion` network
@@ -57,6 +58,7 @@ def panels(ir: Tensor, vis: Tensor, # (1, 1, H, W) float in [0, 1]
     if generator is not None: out[GENERATOR_PANEL] = img(generator(ir.to(dev), vis.to(dev))[0])
     return out
 
+# %% ../nbs/15_explore.ipynb #af8c3fc6
 def blend(p: dict, t: float) -> np.ndarray:
     "Slide between IR (t = 0), VIS (t = 1) and fused (t = 2), blending linearly in between."
     if not 0 <= t <= 2: raise FusionInputError(f"`t`: expected a position in [0, 2], got {t}")
@@ -157,6 +159,7 @@ def viewer(pairs: list[Pair]|Path|str, # pairs (see `core.find_pairs`) or a data
     box.pick, box.view, box.pos, box.status, box.image = pick, view, pos, status, image
     return box
 
+# %% ../nbs/15_explore.ipynb #d16ed700
 def open_folder(folder: Path|str,           # a folder with a pair layout (ir/ + vi/, ...), or the IR folder when `vi` is given
                 vi: Path|str|None=None,      # the VIS folder (pairs matched by file stem)
                 model: torch.nn.Module|str|Path|None=None, # a network, a shipped name or a model folder; None: `default_model()`

@@ -58,6 +58,7 @@ def _tensor_input(x: Tensor, name: str) -> Tensor:
     if x.shape[1] not in (1, 3): raise FusionInputError(f"`{name}`: expected 1 (grey) or 3 (RGB) channels, got Tensor{tuple(x.shape)}")
     return x
 
+# %% ../nbs/13_fuse.ipynb #6ebb26a2
 def as_input(x: str|Path|np.ndarray|Tensor, # image file, array (H, W[, 3]) uint8/uint16/float, or tensor in [0, 1]
              name: str='image',            # argument name for error messages
              bgr: bool=False,              # a colour array/tensor is in OpenCV's BGR order (files are always read correctly)
@@ -95,6 +96,7 @@ def _window(n: int, s: int, t: int, overlap: int) -> Tensor:
     if s + t < n: w[t - k:] = torch.minimum(w[t - k:], ramp[:k].flip(0))
     return w
 
+# %% ../nbs/13_fuse.ipynb #233140f3
 def _per_image_step(model: nn.Module) -> str|None:
     "Which whole-image step `model` ends with: 'select' (residual centring), 'minmax' (stretch) or None."
     if not isinstance(model, SFOFusion): return None
@@ -109,6 +111,7 @@ def _tile_output(model: nn.Module, ir: Tensor, vis: Tensor) -> Tensor:
     if step == 'select': return torch.cat([o['select'], o['head'][:, 1:2]], 1).to(ir.dtype)
     return torch.sigmoid(o['logits']).to(ir.dtype)
 
+# %% ../nbs/13_fuse.ipynb #75c15cf6
 def fuse_tiled(model: nn.Module,  # fusion network taking (B, 1, h, w) IR and VIS
                ir: Tensor,        # (B, 1, H, W) infrared, float in [0, 1]
                vis: Tensor,       # (B, 1, H, W) visible luminance, float in [0, 1]
@@ -158,6 +161,7 @@ def _match_size(ir: Tensor, vis: Tensor, cbcr: Tensor|None, resize: bool, what: 
     warnings.warn(f"{what}: resizing VIS from {wv}x{hv} to the IR size {w}x{h}", stacklevel=3)
     return _resize(vis, (h, w)), (None if cbcr is None else _resize(cbcr, (h, w)))
 
+# %% ../nbs/13_fuse.ipynb #bee2a72e
 def _run(model: nn.Module, ir: Tensor, vis: Tensor, tile: int|None, overlap: int) -> Tensor:
     "Fused luminance (B, 1, H, W) in [0, 1]: tiled when `tile` is given or the image exceeds `TILE_PIXELS`."
     if tile is None and ir.shape[-2] * ir.shape[-1] <= TILE_PIXELS:
@@ -175,6 +179,7 @@ def _check_tile(tile) -> None:
     if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < 16):
         raise FusionInputError(f"`tile`: expected None or an integer >= 16, got {tile!r}")
 
+# %% ../nbs/13_fuse.ipynb #45f37905
 def fuse(ir: str|Path|np.ndarray|Tensor,  # infrared: file, array (H, W[, 3]) uint8/uint16/float, or tensor in [0, 1]
          vis: str|Path|np.ndarray|Tensor, # visible, same forms; colour is kept
          model: str|Path|nn.Module='msrs', # shipped name, saved folder, or network
@@ -279,6 +284,7 @@ def _sources(src: str|Path, name: str) -> tuple[dict, list]:
                             "rename all but one; the pair is not fused"))
     return {n: fs[0] for n, fs in found.items()}, problems
 
+# %% ../nbs/13_fuse.ipynb #4a0f1f70
 def _pairs(ir: str|Path, vi: str|Path) -> tuple[list, list]:
     "(name, ir_path, vi_path) pairs and (name, reason) problems; two single files pair whatever their stems."
     irs, p1 = _sources(ir, 'ir'); vis, p2 = _sources(vi, 'vi')
@@ -296,7 +302,6 @@ def _output_names(pairs: list) -> list:
     want = [a.stem if a.stem == b.stem else n for n, a, b in pairs]
     clash = {w for w in want if want.count(w) > 1}      # e.g. day1/ir/00012.png and day2/ir/00012.png
     return sorted(((n if w in clash else w), a, b) for w, (n, a, b) in zip(want, pairs))
-
 
 # %% ../nbs/13_fuse.ipynb #b790e565
 def _load(ir_path: Path, vi_path: Path, resize: bool) -> tuple[Tensor, Tensor, Tensor|None]:
@@ -319,6 +324,7 @@ def _check_out(out: Path, ir: str|Path, vi: str|Path, pairs: list) -> None:
             raise FusionInputError(f"`out`: {out} holds the {name} sources; fused images would be written among them "
                                    "(and with overwrite replace them): choose another folder")
 
+# %% ../nbs/13_fuse.ipynb #dc1ce04c
 def fuse_folder(ir: str|Path,             # infrared folder, file or glob pattern
                 vi: str|Path,             # visible folder, file or glob pattern (paired with `ir` by name, see above)
                 out: str|Path,            # output folder: <out>/<name>.png; never a folder holding the sources
@@ -389,6 +395,7 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
 
 def _demo_files(n: int) -> set[str]: return {'demo.png'} | {f'fused_{i}.png' for i in range(n)}
 
+# %% ../nbs/13_fuse.ipynb #f5c121aa
 def demo(out_dir: str|Path,                  # a new or empty folder, or an earlier demo's (its files are replaced)
          model: str|Path|nn.Module='msrs',   # shipped name, saved folder, or network
          n: int=3,                           # number of synthetic pairs

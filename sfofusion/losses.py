@@ -166,6 +166,7 @@ class LossConfig:
             raise FusionInputError(f"LossConfig.gradient_mode: expected one of {GRADIENT_MODES}, got {self.gradient_mode!r}")
         if not self.gradient_gain > 0: raise FusionInputError(f"LossConfig.gradient_gain: expected a value > 0, got {self.gradient_gain}")
 
+# %% ../nbs/06_losses.ipynb #209eb6d2
 def fusion_loss(fused: Tensor,  # (B, C, H, W) float, finite
                 ir: Tensor,     # (B, C, H, W) float in [0, 1]
                 vis: Tensor,    # (B, C, H, W) float in [0, 1]
@@ -193,6 +194,7 @@ def fusion_loss(fused: Tensor,  # (B, C, H, W) float, finite
         parts[name] = value.detach()
     return total, parts
 
+# %% ../nbs/06_losses.ipynb #10f6763b
 class FusionLoss(nn.Module):
     "The fusion loss as a module: `FusionLoss(config)(fused, ir, vis, w_int, w_grad) -> (total, parts)`."
     def __init__(self, config: LossConfig|None=None, **overrides):

@@ -188,6 +188,7 @@ def _dense(x: Tensor) -> Tensor:
     for o, i in zip(out.view(-1, *x.shape[-2:]), x.reshape(-1, *x.shape[-2:])): o.copy_(i)
     return out
 
+# %% ../nbs/01_metrics.ipynb #fe9234c9
 def _filter_rows(x: Tensor, w: Tensor, stride: int=1) -> Tensor:
     "'Valid' correlation of (..., H, W) with the 1-D `w` along H, keeping every `stride`-th row."
     *lead, H, W = x.shape
@@ -206,6 +207,7 @@ def _filter_rows(x: Tensor, w: Tensor, stride: int=1) -> Tensor:
         torch.mm(T[:n, :min(L, R - a)], x[a:a + L], out=out[r:r + n])
     return out.as_strided((R // H, Ho, W), (H // stride * W, W, 1)).view(*lead, Ho, W)  # each image's own rows
 
+# %% ../nbs/01_metrics.ipynb #1c1a4594
 def separable_filter(
     x: Tensor,          # (..., H, W) float
     w: Tensor,          # (N,) 1-D filter, the same along both axes
@@ -230,6 +232,7 @@ def gaussian_window(size: int, dtype=torch.float64, device=None) -> Tensor: # (s
     w = torch.exp(-r * r / (2 * (size / 5) ** 2))
     return w / w.sum()
 
+# %% ../nbs/01_metrics.ipynb #37733e6f
 def _vif(refs: Tensor, dist: Tensor) -> Tensor:
     "VIF of each reference (B, S, H, W) against `dist` (B, 1, H, W), float64 -> (B, S)."
     S, eps = refs.shape[1], VIF_EPS
@@ -260,6 +263,7 @@ def _vif(refs: Tensor, dist: Tensor) -> Tensor:
     v = num / den
     return torch.where(v.isnan(), 1., v)  # 0/0: the evaluator returns 1
 
+# %% ../nbs/01_metrics.ipynb #003a7568
 def vif_index(
     ref: Tensor,  # (B, 1, H, W) grey levels 0-255, the source
     dist: Tensor, # (B, 1, H, W) grey levels 0-255, the fused image; H, W >= 41
@@ -324,6 +328,7 @@ def _box_mean(x: Tensor, n: int, dt: torch.dtype) -> Tensor:
     out[..., 1:] -= c[..., :W - n]
     return out.div_(nt.double()).to(dt)
 
+# %% ../nbs/01_metrics.ipynb #237d68c9
 def _ssim_stats(x: Tensor, ys: Tensor, float64: bool=False) -> tuple[Tensor, ...]:
     "Local (mu_x, mu_y, var_x, var_y, cov_xy) of x (B, 1, H, W) and each of ys (B, S, H, W), 'valid' 7x7."
     S, dt = ys.shape[1], (torch.float64 if float64 else torch.float32)
@@ -340,6 +345,7 @@ def _ssim_from_stats(stats, data_range: float) -> Tensor:
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
     return s.double().mean((-2, -1))
 
+# %% ../nbs/01_metrics.ipynb #9858ed6e
 def ssim_index(
     x: Tensor,              # (B, 1, H, W) grey levels 0-255, H, W >= 7
     y: Tensor,              # (B, 1, H, W) grey levels 0-255
@@ -400,6 +406,7 @@ def check_conventions(conv: dict) -> dict:
         raise FusionInputError(f"`ssim_data_range`: expected a positive number (2 or 255), got {c['ssim_data_range']!r}")
     return c
 
+# %% ../nbs/01_metrics.ipynb #b6f9b3d0
 def check_metrics(metrics) -> tuple[str, ...]:
     "Validate metric names (None: all of `METRICS`), in the order given."
     if metrics is None: return METRICS
@@ -411,6 +418,7 @@ def check_metrics(metrics) -> tuple[str, ...]:
     if len(set(metrics)) < len(metrics): raise FusionInputError(f"`metrics`: a name is given twice in {list(metrics)}")
     return metrics
 
+# %% ../nbs/01_metrics.ipynb #631756e5
 @torch.no_grad()
 def compute_metrics(
     fused: Tensor,              # (B, 1, H, W) fused grey levels 0-255 (float, or integer dtype)

@@ -121,6 +121,7 @@ class SpectralChannelGate(nn.Module):
         w = self.bound * torch.sigmoid(self.mlp(stats))
         return (parts * w[..., None, None]).sum(1, keepdim=True), w
 
+# %% ../nbs/03_model.ipynb #5d42c645
 class FrequencyBranch(nn.Module):
     "Fuse the IR and VIS spectra and rebuild the fused image in space: the frequency estimate."
     def __init__(self, cfg: SFOFusionConfig):
@@ -194,6 +195,7 @@ class ContextBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor: # (B, ch, h, w) -> (B, ch, h, w)
         return x + self.pw2(F.relu(self.pw1(self.dw(x)), inplace=True))
 
+# %% ../nbs/03_model.ipynb #6cafac41
 class GuidedExtractor(nn.Module):
     "Spatial features from sources, estimate, differences and edges: a full-resolution stem plus a coarse context path."
     def __init__(self, in_ch: int, width: int=8, ctx_scale: int=4, ctx_width: int=32, ctx_blocks: int=3, ctx_expand: int=2,
@@ -212,6 +214,7 @@ class GuidedExtractor(nn.Module):
         c = self.ctx(F.avg_pool2d(f, self.scale, ceil_mode=True))                  # (B, width, ~H/s, ~W/s)
         return f + F.interpolate(c, size=f.shape[-2:], mode='bilinear', align_corners=False)
 
+# %% ../nbs/03_model.ipynb #0b2b6381
 class DifferenceCompensation(nn.Module):
     "Explicit difference compensation: gate spatial features by where the frequency estimate differs from a source."
     def __init__(self, cfg: SFOFusionConfig):
@@ -244,6 +247,7 @@ def normalize_per_image(x: Tensor, # (B, C, H, W)
     lo = x.amin((-2, -1), keepdim=True)
     return (x - lo) / (x.amax((-2, -1), keepdim=True) - lo + eps)
 
+# %% ../nbs/03_model.ipynb #94705c4c
 def compose_select(ir: Tensor, vis: Tensor, # (B, 1, H, W) float in [0, 1]
                    share: Tensor,           # (B, 1, H, W) IR share s in [0, 1]
                    residual: Tensor,        # (B, 1, H, W) raw residual (its per-image mean is removed here)
@@ -261,6 +265,7 @@ def source_select(ir: Tensor, vis: Tensor, # (B, 1, H, W) float in [0, 1]
     fused, r = compose_select(ir, vis, s, head[:, 1:2])
     return fused, s, r
 
+# %% ../nbs/03_model.ipynb #51f5e2c1
 class DualDomainMerge(nn.Module):
     "Merge the frequency estimate and the compensation features, and decode the output head."
     def __init__(self, width: int=8, n_out: int=2, # 2: selection correction and residual ('select'); 1: logits ('logit')
@@ -281,7 +286,6 @@ class DualDomainMerge(nn.Module):
         w = torch.sigmoid(self.w_freq(f) + self.w_comp(comp))
         h = F.relu(self.decode(torch.addcmul(f, w, comp)), inplace=True)    # f + w * comp
         return self.out(h), w
-
 
 # %% ../nbs/03_model.ipynb #56c01120
 class SFOFusion(nn.Module):
@@ -343,6 +347,7 @@ class SFOFusion(nn.Module):
         self._check(ir, vis)
         return self.fuse(ir, vis, aux=True)
 
+# %% ../nbs/03_model.ipynb #91ae6375
 def build_model(config: SFOFusionConfig|None=None, # None: the default (shipped) configuration
                ) -> SFOFusion:
     "A freshly initialised SFOFusion network."
@@ -405,6 +410,7 @@ def _model_files(name_or_path: Path|str, arg: str) -> tuple[Path, Path]:
         raise FusionInputError(f"`{arg}`: no {lacks} {where}; expected a model folder written by save_pretrained{hint}")
     return weights, config
 
+# %% ../nbs/03_model.ipynb #7dbf33ea
 def _read_config(config: Path, arg: str) -> SFOFusionConfig:
     "The `SFOFusionConfig` saved in `config`, with a one-line error naming the file when it cannot be used."
     try: d = json.loads(config.read_text())
@@ -415,6 +421,7 @@ def _read_config(config: Path, arg: str) -> SFOFusionConfig:
     except FusionInputError as e: raise FusionInputError(f"`{arg}`: {config}: {e}") from None
     except TypeError as e: raise FusionInputError(f"`{arg}`: {config}: a field has the wrong type ({e})") from None
 
+# %% ../nbs/03_model.ipynb #dcd7074f
 def _read_weights(model: nn.Module, weights: Path, config: Path, arg: str) -> None:
     "Load `weights` into `model` (strict), with a one-line error naming the file when they do not fit."
     from safetensors import SafetensorError
@@ -432,7 +439,6 @@ def _read_weights(model: nn.Module, weights: Path, config: Path, arg: str) -> No
         raise FusionInputError(f"`{arg}`: the weights in {weights} do not fit the network {config.name} describes ({what}); "
                                "the two files must come from the same save")
     model.load_state_dict(state, strict=True)
-
 
 # %% ../nbs/03_model.ipynb #b889cda9
 def _from_pretrained(cls, name_or_path: Path|str, # a shipped name, a folder with model.safetensors + config.json, or the .safetensors file in one

@@ -135,6 +135,7 @@ def read_names(items: list|str, # pair names, or '@FILE' entries naming a text f
         else: raise FusionInputError(f"`{arg}`: expected pair names or @FILE, got an empty name")
     return names
 
+# %% ../nbs/07_train.ipynb #e45d893f
 MAX_SYNTHETIC = 1024  # side of the largest synthetic pair: the smoke data is generated in memory
 
 def synthetic_size(crop: int) -> int:
@@ -142,6 +143,7 @@ def synthetic_size(crop: int) -> int:
     if crop > MAX_SYNTHETIC: raise FusionInputError(f"config field `crop`: synthetic pairs are at most {MAX_SYNTHETIC} px, got crop {crop}; use real data for larger crops")
     return crop
 
+# %% ../nbs/07_train.ipynb #e14da571
 def check_val_data(cfg: 'TrainConfig') -> None:
     "Read the validation pairs a run will score, so that a wrong `val_data` stops it before training, not after."
     if not cfg.val_data: return
@@ -152,6 +154,7 @@ def check_val_data(cfg: 'TrainConfig') -> None:
             H, W = load_pair(p.ir, p.vi)['ir'].shape[-2:]
             if min(H, W) < need: raise FusionInputError(f"{p.ir} is {W}x{H} (W x H); the validation metrics need at least {need}x{need}")
 
+# %% ../nbs/07_train.ipynb #8a49f5ed
 def check_crop(crop: int,        # square crop side in pixels
                pairs: list,      # the training pairs (`Pair`s)
                scale: float=1.,  # images are rescaled by this before cropping
@@ -170,6 +173,7 @@ def check_crop(crop: int,        # square crop side in pixels
         raise FusionInputError(f"config field `crop`: {crop} is larger than {len(small)} of the {len(sizes)} training images (the smallest "
                                f"is {w}x{h}, W x H{f', after scale {scale:g}' if scale != 1 else ''}); use crop <= {min(w, h)}")
 
+# %% ../nbs/07_train.ipynb #a23bef4b
 def build_train_dataset(cfg: TrainConfig):
     "The training crop dataset described by `cfg.data`."
     bases = []
@@ -196,7 +200,6 @@ def build_train_dataset(cfg: TrainConfig):
 def collate_pairs(batch: list[dict]) -> dict:
     "Stack the `ir` and `vis` crops of a batch (other keys, which differ between datasets, are dropped)."
     return collate_fusion([{k: it[k] for k in ('ir', 'vis')} for it in batch])
-
 
 # %% ../nbs/07_train.ipynb #256cd5df
 VAL_METRICS = ('EN', 'SD', 'SF', 'AG', 'MI', 'SCD', 'VIF', 'Qabf', 'SSIM')
