@@ -106,11 +106,11 @@ def run_variant(name, spec, steps, out):
     done = out / name / 'result.json'
     if not done.is_file():
         train(cfg, resume=True)   # open_run starts afresh in an empty folder, continues a killed one
-    model = SFOFusion.from_pretrained(out / name / 'final')
+    net = SFOFusion.from_pretrained(out / name / 'final')
     res = json.loads(done.read_text())
     return dict(name=name, model=model, loss=loss, overrides=spec, steps=steps,
                 **(dict(kind='fine-tune', init_weights='runs/msrs/final', lr=5e-4) if name in FINETUNES else {}),
-                train_seconds=res.get('seconds'), final_loss=res.get('loss'), val=score(model))
+                train_seconds=res.get('seconds'), final_loss=res.get('loss'), val=score(net))
 
 
 def score_run(name, run: Path, kind: str) -> dict:

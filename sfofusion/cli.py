@@ -22,9 +22,10 @@ def _path(s: str) -> Path: return Path(_text(s))
 
 # %% ../nbs/16_cli.ipynb #9f5ca026
 def _add_fuse(sub):
-    p = sub.add_parser('fuse', help='fuse infrared-visible pairs', description='Fuse IR/VIS pairs (folders, files or quoted globs).')
+    p = sub.add_parser('fuse', help='fuse infrared-visible pairs', description='Fuse IR/VIS pairs (folders, files, quoted globs or a manifest).')
     p.add_argument('--ir', type=_text, help='infrared folder, file or quoted glob')
     p.add_argument('--vi', type=_text, help='visible folder, file or quoted glob')
+    p.add_argument('--manifest', type=_path, help='instead of --ir/--vi: a CSV or Parquet table with columns ir,vi[,out]')
     p.add_argument('--out', type=_path, help='output folder (one PNG per pair, named by stem)')
     p.add_argument('--model', default='msrs', type=_text, help="shipped model name or a folder with model.safetensors + config.json (default: msrs)")
     p.add_argument('--device', default='cpu', help="'cpu' (default), 'cuda', 'cuda:N', 'mps' or 'auto'")
@@ -33,24 +34,53 @@ def _add_fuse(sub):
     p.add_argument('--overwrite', action='store_true', help='replace existing outputs (default: skip them)')
     p.add_argument('--resize', action='store_true', help='resize VIS to the IR size when they differ (with a warning)')
     p.add_argument('--tile', type=int, help='fuse in tiles of this size (default: automatic for very large images)')
+    p.add_argument('--threads', type=int, default=1, help='torch CPU threads per worker (default 1: the same bytes from every engine)')
+    p.add_argument('--engine', choices=['local', 'ray'], default='local', help="'local': this process, or one shard per torchrun rank (default); 'ray': Ray Data")
+    p.add_argument('--workers', type=int, default=2, help='Ray actors (with --engine ray; default 2)')
+    p.add_argument('--ray-address', help="join this Ray cluster (e.g. 'auto' or ray://HOST:10001); default: start a local Ray")
     p.add_argument('--demo', type=_path, metavar='OUTDIR', help='fuse built-in synthetic pairs into OUTDIR and write demo.png')
     p.set_defaults(func=_run_fuse)
 
 # %% ../nbs/16_cli.ipynb #6dc7acc3
+def _fuse_pairs_of(a) -> tuple[list, list]:
+    "(pairs, problems) of --ir/--vi or --manifest, after the checks argparse cannot do."
+    from sfofusion.core import FusionInputError
+    from sfofusion.fuse import folder_pairs
+    from sfofusion.scale import check_apart, read_manifest
+    if a.manifest is not None:
+        given = [f"--{k}" for k in ('ir', 'vi') if getattr(a, k) is not None]
+        if given: raise FusionInputError(f"--manifest lists the pairs; it takes no {', '.join(given)}")
+        if a.out is None: raise FusionInputError("--out required")
+        pairs, problems = read_manifest(a.manifest)
+        check_apart(a.out, pairs)
+        return pairs, problems
+    missing = [f"--{k}" for k in ('ir', 'vi', 'out') if getattr(a, k) is None]
+    if missing: raise FusionInputError(f"{', '.join(missing)} required (or --manifest FILE, or --demo OUTDIR)")
+    return folder_pairs(a.ir, a.vi, a.out)
+
 def _run_fuse(a) -> int:
     from sfofusion.core import FusionInputError
-    from sfofusion.fuse import demo, fuse_folder
+    from sfofusion.fuse import demo
+    from sfofusion.scale import dist_env, fuse_distributed
+    if a.threads < 1: raise FusionInputError(f"--threads: expected an integer >= 1, got {a.threads}")
+    if a.workers < 1: raise FusionInputError(f"--workers: expected an integer >= 1, got {a.workers}")
+    if a.engine != 'ray' and a.ray_address: raise FusionInputError("--ray-address goes with --engine ray")
     if a.demo:
-        given = [f"--{k}" for k in ('ir', 'vi', 'out') if getattr(a, k) is not None]
+        given = [f"--{k}" for k in ('ir', 'vi', 'manifest', 'out') if getattr(a, k) is not None]
         if given: raise FusionInputError(f"--demo fuses built-in pairs into its own folder; it takes no {', '.join(given)}")
         demo(a.demo, model=a.model, device=a.device)
         return 0
-    missing = [f"--{k}" for k in ('ir', 'vi', 'out') if getattr(a, k) is None]
-    if missing: raise FusionInputError(f"{', '.join(missing)} required (or --demo OUTDIR)")
-    rep = fuse_folder(a.ir, a.vi, a.out, model=a.model, device=a.device, batch_size=a.batch_size, gray=a.gray,
-                      overwrite=a.overwrite, resize=a.resize, progress=True, tile=a.tile)
-    print(rep.summary())
-    if not rep.ok: print(f"sfofusion fuse: error: {len(rep.failed)} pair(s) failed (listed above); the others were fused", file=sys.stderr)
+    pairs, problems = _fuse_pairs_of(a)
+    import torch
+    torch.set_num_threads(a.threads)
+    kw = dict(model=a.model, device=a.device, batch_size=a.batch_size, gray=a.gray, overwrite=a.overwrite, resize=a.resize, tile=a.tile)
+    if a.engine == 'ray':
+        from sfofusion.ray_fuse import fuse_with_ray
+        rep = fuse_with_ray(pairs, a.out, failed=problems, address=a.ray_address, workers=a.workers, threads=a.threads, **kw)
+    else: rep = fuse_distributed(pairs, a.out, failed=problems, progress=True, **kw)
+    if dist_env()[0] == 0:
+        print(rep.summary())
+        if not rep.ok: print(f"sfofusion fuse: error: {len(rep.failed)} pair(s) failed (listed above); the others were fused", file=sys.stderr)
     return 0 if rep.ok else 1
 
 # %% ../nbs/16_cli.ipynb #086e77b5
@@ -289,3 +319,6 @@ def main(argv: list[str]|None=None) -> int:
 def _main_thread() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
+
+# %% ../nbs/16_cli.ipynb #d4268882
+if __name__ == '__main__': sys.exit(main())

@@ -269,8 +269,9 @@ class RunStart:
         "The step the run continues from."
         return json.loads((self.checkpoint/'state.json').read_text())['step'] if self.checkpoint else 0
 
-def dry_run_report(start: RunStart, out: Path, items: int, dev: torch.device) -> dict:
-    "What a dry run found, and the line it prints."
+def dry_run_report(start: RunStart, out: Path, items: int, dev: torch.device, batch_size: int=1, world: int=1) -> dict:
+    "What a dry run found, and the line it prints; raises as the run would when `items` cannot fill one global batch."
+    epoch_batches(items, batch_size, 0, 0, 0, world)
     print(f"dry run: the config checks; {items} training items; would {'continue from step ' + str(start.step) if start.checkpoint else 'start'} "
           f"in {out} on {dev}; nothing was written")
     return dict(dry_run=True, step=start.step, items=items, device=str(dev), out_dir=str(out))

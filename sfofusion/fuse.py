@@ -24,7 +24,7 @@ from .model import SFOFusion, compose_select, normalize_per_image
 
 # %% auto #0
 __all__ = ['TILE_PIXELS', 'DEFAULT_TILE', 'DEFAULT_OVERLAP', 'resolve_model', 'as_input', 'fuse_tiled', 'fuse', 'FuseReport',
-           'fuse_folder', 'demo']
+           'clean_leftovers', 'fuse_pairs', 'folder_pairs', 'fuse_folder', 'demo']
 
 # %% ../nbs/13_fuse.ipynb #cb8b33d9
 def resolve_model(model: str|Path|nn.Module='msrs', # shipped name, folder with model.safetensors + config.json, or a network
@@ -325,33 +325,40 @@ def _check_out(out: Path, ir: str|Path, vi: str|Path, pairs: list) -> None:
                                    "(and with overwrite replace them): choose another folder")
 
 # %% ../nbs/13_fuse.ipynb #dc1ce04c
-def fuse_folder(ir: str|Path,             # infrared folder, file or glob pattern
-                vi: str|Path,             # visible folder, file or glob pattern (paired with `ir` by name, see above)
-                out: str|Path,            # output folder: <out>/<name>.png; never a folder holding the sources
-                model: str|Path|nn.Module='msrs', # shipped name, saved folder, or network
-                device: str|torch.device='cpu',
-                batch_size: int=1,        # pairs of the same size fused together
-                gray: bool=False,         # write the fused luminance only (default: RGB when VIS has colour)
-                overwrite: bool=False,    # redo outputs that already exist
-                resize: bool=False,       # resize VIS to the IR size (with a warning) instead of failing the pair
-                progress: bool=True,      # show a tqdm progress bar
-                tile: int|None=None,      # fuse in tiles of this side (default: only above `TILE_PIXELS`)
-                overlap: int=DEFAULT_OVERLAP, # tile overlap in pixels (capped at tile // 4)
-               ) -> FuseReport:
-    "Fuse every IR–VIS pair of two folders (files, globs) into `out`, recording each bad pair and going on."
-    from tqdm.auto import tqdm
+def clean_leftovers(out: Path, pairs: list) -> list[str]:
+    "Remove the temporary files an interrupted run left in `out` and in its sub-folders of these pairs' outputs; their names."
+    gone = []
+    for d in sorted({out} | {(out / n).parent for n, _, _ in pairs}):
+        for f in stale_temp_files(d): f.unlink(); gone.append(f.name)
+    return gone
+
+def _check_options(batch_size, gray, overwrite, resize, progress, tile) -> None:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise FusionInputError(f"`batch_size`: expected an integer >= 1, got {batch_size!r}")
     for k, v in (('gray', gray), ('overwrite', overwrite), ('resize', resize), ('progress', progress)): check_flag(v, k)
     _check_tile(tile)
-    check_path(ir, 'ir'); check_path(vi, 'vi')
+
+def fuse_pairs(pairs: list,               # (name, ir_path, vi_path): the pair is written to <out>/<name>.png
+               out: str|Path,             # output folder; a name holding '/' writes into a sub-folder of it
+               model: str|Path|nn.Module='msrs', # shipped name, saved folder, or network
+               device: str|torch.device='cpu',
+               batch_size: int=1,         # pairs of the same size fused together
+               gray: bool=False,          # write the fused luminance only (default: RGB when VIS has colour)
+               overwrite: bool=False,     # redo outputs that already exist
+               resize: bool=False,        # resize VIS to the IR size (with a warning) instead of failing the pair
+               progress: bool=True,       # show a tqdm progress bar
+               tile: int|None=None,       # fuse in tiles of this side (default: only above `TILE_PIXELS`)
+               overlap: int=DEFAULT_OVERLAP, # tile overlap in pixels (capped at tile // 4)
+               failed: list=(),           # (name, reason) problems found before fusing, reported with the rest
+               clean: bool=True,          # first remove temporary files an interrupted run left (False: another worker may be writing)
+              ) -> FuseReport:
+    "Fuse listed pairs into `out`, skipping existing outputs unless `overwrite`, recording each bad pair and going on."
+    from tqdm.auto import tqdm
+    _check_options(batch_size, gray, overwrite, resize, progress, tile)
     t0, out = time.perf_counter(), check_path(out, 'out')
     check_writable(out, 'out')
-    pairs, problems = _pairs(ir, vi)
-    _check_out(out, ir, vi, pairs)
-    report = FuseReport(out, failed=list(problems))
-    net = resolve_model(model, device)
-    for f in stale_temp_files(out): f.unlink(); report.cleaned.append(f.name)
+    report, net = FuseReport(out, failed=list(failed)), resolve_model(model, device)
+    if clean: report.cleaned = clean_leftovers(out, pairs)
     dtype = next(net.parameters()).dtype if any(True for _ in net.parameters()) else torch.float32
     pending = {}                                             # (H, W) -> [(name, ir, vis, cbcr)] waiting for a batch
 
@@ -382,6 +389,34 @@ def fuse_folder(ir: str|Path,             # infrared folder, file or glob patter
     bar.close()
     report.seconds = time.perf_counter() - t0
     return report
+
+# %% ../nbs/13_fuse.ipynb #eb2dc1e7
+def folder_pairs(ir: str|Path, vi: str|Path, out: str|Path) -> tuple[list, list]:
+    "The (name, ir_path, vi_path) pairs of two folders (files, globs) and their (name, reason) problems, `out` checked apart from them."
+    check_path(ir, 'ir'); check_path(vi, 'vi')
+    out = check_path(out, 'out')
+    check_writable(out, 'out')
+    pairs, problems = _pairs(ir, vi)
+    _check_out(out, ir, vi, pairs)
+    return pairs, problems
+
+def fuse_folder(ir: str|Path,             # infrared folder, file or glob pattern
+                vi: str|Path,             # visible folder, file or glob pattern (paired with `ir` by name, see above)
+                out: str|Path,            # output folder: <out>/<name>.png; never a folder holding the sources
+                model: str|Path|nn.Module='msrs', # shipped name, saved folder, or network
+                device: str|torch.device='cpu',
+                batch_size: int=1,        # pairs of the same size fused together
+                gray: bool=False,         # write the fused luminance only (default: RGB when VIS has colour)
+                overwrite: bool=False,    # redo outputs that already exist
+                resize: bool=False,       # resize VIS to the IR size (with a warning) instead of failing the pair
+                progress: bool=True,      # show a tqdm progress bar
+                tile: int|None=None,      # fuse in tiles of this side (default: only above `TILE_PIXELS`)
+                overlap: int=DEFAULT_OVERLAP, # tile overlap in pixels (capped at tile // 4)
+               ) -> FuseReport:
+    "Fuse every IR–VIS pair of two folders (files, globs) into `out`, recording each bad pair and going on."
+    _check_options(batch_size, gray, overwrite, resize, progress, tile)
+    pairs, problems = folder_pairs(ir, vi, out)
+    return fuse_pairs(pairs, out, model, device, batch_size, gray, overwrite, resize, progress, tile, overlap, failed=problems)
 
 # %% ../nbs/13_fuse.ipynb #92f2d463
 _DEMO_SIZE = (192, 256)  # (H, W) of the demo pairs: a few seconds for three pairs on one CPU core

@@ -392,7 +392,7 @@ def train_meta(cfg: MetaConfig,            # the run's configuration
         head = (load_task(cfg.init_task) if cfg.init_task else build_task(cfg.task, **_task_kwargs(cfg))).to(dev)
     head.train()
     if head.kind != cfg.task: raise FusionInputError(f"`init_task`: expected a {cfg.task} head, got a {head.kind} head from {cfg.init_task}")
-    if dry_run: return dry_run_report(run.start, out, len(ds), dev)
+    if dry_run: return dry_run_report(run.start, out, len(ds), dev, cfg.batch_size, run.world)
     if run.rank == 0: out.mkdir(parents=True, exist_ok=True)
     m = _meta_parts(cfg, model, head, dev)
     mods, opts = dict(model=model, task=head, gen=m.gen), dict(model=m.opt, task=m.opt_task, gen=m.opt_gen)

@@ -271,7 +271,7 @@ def train(cfg: TrainConfig,           # the run's configuration
     check_val_data(cfg)
     torch.manual_seed(cfg.seed)
     model = initial_model(cfg).to(run.dev)
-    if dry_run: return dry_run_report(run.start, out, len(ds), run.dev)
+    if dry_run: return dry_run_report(run.start, out, len(ds), run.dev, cfg.batch_size, run.world)
     if run.rank == 0: out.mkdir(parents=True, exist_ok=True)
     model.train()
     loss_fn = FusionLoss(LossConfig(**cfg.loss)).to(run.dev)

@@ -3,8 +3,9 @@
 Every `sfofusion ...` line and every Python block of the README's "Usage" section runs in a folder prepared as a user's
 would be after `sfofusion data fetch msrs` (synthetic MSRS-shaped pairs with box labels, the glob example's scenes, a
 trained run's `final/`, and the README's own `my.yaml`). Training commands run with `--dry-run` (everything checked,
-nothing trained); one that asks for CUDA must fail cleanly on a machine without it. `pip`, `bash`, `torchrun`,
-`papermill` and `mkdir` lines are CI's and the papermill tests' business.
+nothing trained); one that asks for CUDA must fail cleanly on a machine without it. The `torchrun` line runs too,
+and the Ray one where Ray is installed. `pip`, `bash`, `papermill` and `mkdir` lines are CI's and the papermill tests'
+business.
 """
 import os, re, shlex, subprocess, sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name('sfofusion'))
+TORCHRUN = str(Path(sys.executable).with_name('torchrun'))
 ENV = dict(os.environ, OMP_NUM_THREADS='1')
 
 
@@ -31,7 +33,7 @@ def commands() -> list[str]:
     out = []
     for block in usage_blocks('sh'):
         for line in block.replace('\\\n', ' ').splitlines():
-            if line.startswith('sfofusion '): out.append(line)
+            if line.startswith(('sfofusion ', 'torchrun ')): out.append(line)
     return out
 
 
@@ -43,7 +45,7 @@ def user_dir(tmp_path_factory):
     from sfofusion.model import build_model
     from sfofusion.tasks import build_task, save_task
     d = tmp_path_factory.mktemp('user')
-    for split, n in (('train', 4), ('test', 80)):       # test: enough pairs for the README's holdout=71
+    for split, n in (('train', 16), ('test', 80)):      # train: one global batch of 8 x 2 processes; test: the README's holdout=71
         for side in ('ir', 'vi'): (d/'data'/'MSRS'/split/side).mkdir(parents=True)
         (d/'data'/'MSRS'/split/'det_labels'/'fusion').mkdir(parents=True)
         for i in range(1, n + 1):
@@ -59,6 +61,9 @@ def user_dir(tmp_path_factory):
     p = synthetic_pair(96, 128, seed=20, rgb=True)
     save_image(d/'ir.png', p['ir']); save_image(d/'vi.jpg', p['vis_rgb'])
     (d/'my.yaml').write_text(usage_blocks('yaml')[0])
+    (d/'pairs.csv').write_text('ir,vi,out\n' + ''.join(f'data/MSRS/train/{s}/{n}.png,data/MSRS/train/vi/{n}.png,\n'
+                                                       for n in ('00001D', '00002N') for s in ('ir',)) +
+                               'scenes/00012_ir.png,scenes/00012_vi.png,night/00012.png\n')
     from sfofusion.train import TrainConfig                   # runs/msrs: the run my.yaml describes (for --resume, --model)
     (d/'runs'/'msrs').mkdir(parents=True)
     (d/'runs'/'msrs'/'config.json').write_text(__import__('json').dumps(TrainConfig.load(d/'my.yaml').to_dict()))
@@ -74,19 +79,26 @@ def test_the_readme_has_commands():
 @pytest.mark.slow
 def test_readme_commands_run_as_written(user_dir):
     no_cuda = not torch.cuda.is_available()
+    try: import ray  # noqa: F401
+    except ImportError: ray = None
     for cmd in commands():
+        if '--engine ray' in cmd and ray is None: continue   # the [ray] extra is not installed here
+        prog = TORCHRUN if cmd.startswith('torchrun ') else CLI
         args = shlex.split(cmd.split(' #')[0])[1:]      # drop the trailing comment and the program name
-        if args[0] == 'train': args.append('--dry-run')
+        if 'train' in args: args.append('--dry-run')
         if 'init_task=runs/det/task' in cmd and not (user_dir/'runs'/'det'/'task').exists():
             from sfofusion.tasks import build_task, save_task   # what the earlier (dry-run) detection command would leave
             save_task(build_task('detection'), user_dir/'runs'/'det'/'task')
-        r = subprocess.run([CLI, *args], cwd=user_dir, capture_output=True, text=True, env=ENV, timeout=600)
+        r = subprocess.run([prog, *args], cwd=user_dir, capture_output=True, text=True, env=ENV, timeout=600)
         if no_cuda and 'cuda' in cmd:
             assert r.returncode == 2 and "--device: 'cuda' requested but" in r.stderr, (cmd, r.stderr)
         else: assert r.returncode == 0, (cmd, r.stdout[-2000:], r.stderr[-2000:])
         assert 'Traceback' not in r.stderr, (cmd, r.stderr)
     assert sorted(p.name for p in (user_dir/'runs'/'scenes').iterdir()) == ['00012.png', '00013.png']
     assert len(list((user_dir/'runs'/'fused').iterdir())) == 80 and (user_dir/'results.csv').is_file()
+    assert sorted(p.name for p in (user_dir/'runs'/'fused_tr').iterdir()) == sorted(p.name for p in (user_dir/'runs'/'fused').iterdir())
+    assert sorted(str(p.relative_to(user_dir/'runs'/'many')) for p in (user_dir/'runs'/'many').rglob('*.png')) == \
+        ['00001D.png', '00002N.png', 'night/00012.png']
 
 
 @pytest.mark.slow
