@@ -404,19 +404,11 @@ def fuse_folder(ir: str|Path,             # infrared folder, file or glob patter
                 vi: str|Path,             # visible folder, file or glob pattern (paired with `ir` by name, see above)
                 out: str|Path,            # output folder: <out>/<name>.png; never a folder holding the sources
                 model: str|Path|nn.Module='msrs', # shipped name, saved folder, or network
-                device: str|torch.device='cpu',
-                batch_size: int=1,        # pairs of the same size fused together
-                gray: bool=False,         # write the fused luminance only (default: RGB when VIS has colour)
-                overwrite: bool=False,    # redo outputs that already exist
-                resize: bool=False,       # resize VIS to the IR size (with a warning) instead of failing the pair
-                progress: bool=True,      # show a tqdm progress bar
-                tile: int|None=None,      # fuse in tiles of this side (default: only above `TILE_PIXELS`)
-                overlap: int=DEFAULT_OVERLAP, # tile overlap in pixels (capped at tile // 4)
+                **kw,                     # `fuse_pairs`' options: device, batch_size, gray, overwrite, resize, progress, tile, overlap
                ) -> FuseReport:
     "Fuse every IR–VIS pair of two folders (files, globs) into `out`, recording each bad pair and going on."
-    _check_options(batch_size, gray, overwrite, resize, progress, tile)
     pairs, problems = folder_pairs(ir, vi, out)
-    return fuse_pairs(pairs, out, model, device, batch_size, gray, overwrite, resize, progress, tile, overlap, failed=problems)
+    return fuse_pairs(pairs, out, model, failed=problems, **kw)
 
 # %% ../nbs/13_fuse.ipynb #92f2d463
 _DEMO_SIZE = (192, 256)  # (H, W) of the demo pairs: a few seconds for three pairs on one CPU core

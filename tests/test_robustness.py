@@ -391,9 +391,9 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_internal_errors_are_one_line_and_say_so(sf, monkeypatch, pairs, model_dir):
-    import sfofusion.fuse
+    import sfofusion.scale
     def boom(*a, **k): raise ZeroDivisionError('oops')
-    monkeypatch.setattr(sfofusion.fuse, 'fuse_folder', boom)
+    monkeypatch.setattr(sfofusion.scale, 'fuse_pairs', boom)   # what the command's engine calls
     rc, _, err = sf('fuse', '--ir', pairs/'ir', '--vi', pairs/'vi', '--out', pairs/'out')
     line = one_error(err, 'fuse')
     assert rc == 1 and 'internal error: ZeroDivisionError: oops' in line and '--debug' in line
