@@ -17,7 +17,8 @@ from torch import nn, Tensor
 from .core import FusionInputError, atomic_write_bytes
 from .data import get_dataset, SyntheticPairs, SYNTHETIC_CLASSES, crop_boxes
 from .metrics import compute_metrics
-from .meta import MetaConfig, train_meta, Rescaled, holdout_split, MODES
+from .meta import MetaConfig, train_meta, MODES
+from .data import Rescaled, holdout_split
 from .model import SFOFusion
 from .tasks import build_task, save_task
 from .engine import lr_schedule

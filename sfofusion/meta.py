@@ -24,16 +24,15 @@ from .engine import (LoopState, RUN_FILES, autocast_for, check_keys, config_fiel
                               make_scaler, nested_config, optimizer_step, read_log, replica_max_diff, resume_from, run_loop,
                               save_step_checkpoint, start_run, last_row)
 from .train import TrainConfig, check_crop, initial_model, synthetic_size
-from .data import get_dataset, FusionCrops, SyntheticPairs, collate_fusion, SYNTHETIC_CLASSES
+from .data import get_dataset, FusionCrops, SyntheticPairs, collate_fusion, SYNTHETIC_CLASSES, Rescaled, holdout_split
 from .model import SFOFusion, SFOFusionConfig, build_model
 from .tasks import TASKS, DetectorConfig, SegmenterConfig, build_task, save_task, load_task
 from .metrics import compute_metrics
 
 # %% auto #0
 __all__ = ['MODES', 'META_FILES', 'HEAD_GRAD_CLIP', 'LossGenConfig', 'LossGenerator', 'generated_fusion_loss', 'inner_step',
-           'meta_gradient', 'BalanceConfig', 'BalanceState', 'fusion_quality', 'balance_step', 'Rescaled',
-           'holdout_split', 'MetaConfig', 'build_task_data', 'validate_task', 'MetaParts', 'meta_step', 'balance_epoch',
-           'train_meta', 'plot_balance']
+           'meta_gradient', 'BalanceConfig', 'BalanceState', 'fusion_quality', 'balance_step', 'MetaConfig',
+           'build_task_data', 'validate_task', 'MetaParts', 'meta_step', 'balance_epoch', 'train_meta', 'plot_balance']
 
 # %% ../nbs/11_meta.ipynb #17c555aa
 @dataclass
@@ -155,31 +154,6 @@ def balance_step(state: BalanceState, quality: float, task_score: float, cfg: Ba
     lam = float(min(cfg.lam_max, max(cfg.lam_min, lam)))
     hist = state.history + [dict(lam_before=state.lam, lam=lam, quality=quality, task=task_score, why=why)]
     return BalanceState(lam=lam, best_task=max(state.best_task, task_score), history=hist)
-
-# %% ../nbs/11_meta.ipynb #7a2a46cd
-class Rescaled(torch.utils.data.Dataset):
-    "Items of `dataset` with images (area), masks (nearest) and boxes rescaled by `scale`."
-    def __init__(self, dataset, scale: float=1.0):
-        if not 0 < scale <= 4: raise FusionInputError(f"`scale`: expected a factor in (0, 4], got {scale}")
-        self.dataset, self.scale = dataset, scale
-    def __len__(self): return len(self.dataset)
-    def __getitem__(self, i: int) -> dict:
-        item = dict(self.dataset[i])
-        if self.scale == 1: return item
-        H, W = item['ir'].shape[-2:]
-        h, w = max(1, round(H * self.scale)), max(1, round(W * self.scale))
-        for k, v in list(item.items()):
-            if not isinstance(v, Tensor) or v.ndim < 2 or v.shape[-2:] != (H, W): continue
-            if k == 'mask': item[k] = F.interpolate(v[None, None].float(), (h, w), mode='nearest')[0, 0].long()
-            else: item[k] = F.interpolate(v[None], (h, w), mode='area')[0]
-        if 'boxes' in item: item['boxes'] = item['boxes'] * item['boxes'].new_tensor([w / W, h / H, w / W, h / H])
-        return item
-
-def holdout_split(n: int, holdout: int, split_seed: int=0) -> tuple[list, list]:
-    "(train, val) index lists: `holdout` indices chosen by a permutation seeded with `split_seed`, both sorted."
-    if not 0 <= holdout < n: raise FusionInputError(f"`holdout`: expected 0 <= holdout < {n} (dataset size), got {holdout}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed)).tolist()
-    return sorted(perm[holdout:]), sorted(perm[:holdout])
 
 # %% ../nbs/11_meta.ipynb #59d303cc
 MODES = ('fusion', 'direct', 'meta')

@@ -14,7 +14,8 @@ from sfofusion.losses import FusionLoss, LossConfig, sobel_magnitude
 from sfofusion.model import build_model
 from sfofusion.meta import (LossGenerator, LossGenConfig, inner_step, meta_gradient,
                             generated_fusion_loss, BalanceConfig, BalanceState, balance_step, fusion_quality,
-                            MetaConfig, train_meta, holdout_split)
+                            MetaConfig, train_meta)
+from sfofusion.data import holdout_split
 
 SMALL_DET = dict(widths=(8, 16, 16, 16), head_width=8)
 TINY = dict(steps=4, crop=48, batch_size=2, synthetic_pairs=10, holdout=2, steps_per_epoch=2, warmup_steps=1,

@@ -25,7 +25,7 @@ from .labels import IGNORE_INDEX
 
 
 # %% auto #0
-__all__ = ['LIST_KEYS', 'crop_boxes', 'FusionCrops', 'collate_fusion']
+__all__ = ['LIST_KEYS', 'crop_boxes', 'FusionCrops', 'Rescaled', 'holdout_split', 'collate_fusion']
 
 # %% ../../nbs/05d_crops.ipynb #064c104f
 def _pad_reflect(x: Tensor, ph: int, pw: int) -> Tensor:
@@ -128,6 +128,31 @@ class FusionCrops(Dataset):
             if item['swapped']: item['ir'], item['vis'] = item['vis'], item['ir']
         for k in spatial: item[k] = item[k].contiguous()
         return item
+
+# %% ../../nbs/05d_crops.ipynb #790484d2
+class Rescaled(torch.utils.data.Dataset):
+    "Items of `dataset` with images (area), masks (nearest) and boxes rescaled by `scale`."
+    def __init__(self, dataset, scale: float=1.0):
+        if not 0 < scale <= 4: raise FusionInputError(f"`scale`: expected a factor in (0, 4], got {scale}")
+        self.dataset, self.scale = dataset, scale
+    def __len__(self): return len(self.dataset)
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.dataset[i])
+        if self.scale == 1: return item
+        H, W = item['ir'].shape[-2:]
+        h, w = max(1, round(H * self.scale)), max(1, round(W * self.scale))
+        for k, v in list(item.items()):
+            if not isinstance(v, Tensor) or v.ndim < 2 or v.shape[-2:] != (H, W): continue
+            if k == 'mask': item[k] = F.interpolate(v[None, None].float(), (h, w), mode='nearest')[0, 0].long()
+            else: item[k] = F.interpolate(v[None], (h, w), mode='area')[0]
+        if 'boxes' in item: item['boxes'] = item['boxes'] * item['boxes'].new_tensor([w / W, h / H, w / W, h / H])
+        return item
+
+def holdout_split(n: int, holdout: int, split_seed: int=0) -> tuple[list, list]:
+    "(train, val) index lists: `holdout` indices chosen by a permutation seeded with `split_seed`, both sorted."
+    if not 0 <= holdout < n: raise FusionInputError(f"`holdout`: expected 0 <= holdout < {n} (dataset size), got {holdout}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed)).tolist()
+    return sorted(perm[holdout:]), sorted(perm[:holdout])
 
 # %% ../../nbs/05d_crops.ipynb #b3f7a4c3
 LIST_KEYS = ('boxes', 'labels')  # per-image variable-length entries, kept as lists
