@@ -23,7 +23,7 @@ from .losses import FusionLoss, LossConfig, sobel_gradient, sobel_magnitude, ssi
 from .engine import (LoopState, RUN_FILES, autocast_for, check_keys, config_field, dry_run_report, log_row, lr_at, require,
                               make_scaler, nested_config, optimizer_step, read_log, replica_max_diff, resume_from, run_loop,
                               save_step_checkpoint, start_run, last_row)
-from .train import TrainConfig, check_crop, initial_model, synthetic_size
+from .train import TrainConfig, check_crop, exclude_pairs, initial_model, synthetic_size
 from .data import get_dataset, FusionCrops, SyntheticPairs, collate_fusion, SYNTHETIC_CLASSES, Rescaled, holdout_split
 from .model import SFOFusion, SFOFusionConfig, build_model
 from .tasks import TASKS, DetectorConfig, SegmenterConfig, build_task, save_task, load_task
@@ -201,6 +201,7 @@ def build_task_data(cfg: MetaConfig) -> tuple:
             if ':' not in spec: raise FusionInputError(f"`data`: expected 'synthetic' or 'NAME:ROOT' entries, got {spec!r}")
             name, root = spec.split(':', 1)
             with config_field('data', spec): bases.append(get_dataset(name, root, skip_bad=cfg.skip_bad, **need))
+    exclude_pairs(bases, cfg.exclude, cfg.data)          # e.g. an experiment's evaluation pairs: never trained on
     check_crop(cfg.crop, [p for b in bases for p in getattr(b, 'pairs', [])], cfg.scale)
     first = Rescaled(bases[0], cfg.scale)
     tr, va = holdout_split(len(first), cfg.holdout) if cfg.holdout else (list(range(len(first))), [])

@@ -27,8 +27,8 @@ from .metrics import compute_metrics
 
 # %% auto #0
 __all__ = ['MAX_CROP', 'MAX_SYNTHETIC', 'VAL_METRICS', 'TrainConfig', 'check_train_config', 'read_names', 'synthetic_size',
-           'check_val_data', 'check_crop', 'build_train_dataset', 'collate_pairs', 'validate', 'initial_model',
-           'fusion_step', 'train']
+           'check_val_data', 'check_crop', 'exclude_pairs', 'build_train_dataset', 'collate_pairs', 'validate',
+           'initial_model', 'fusion_step', 'train']
 
 # %% ../nbs/07_train.ipynb #88bb8162
 @dataclass
@@ -174,6 +174,19 @@ def check_crop(crop: int,        # square crop side in pixels
                                f"is {w}x{h}, W x H{f', after scale {scale:g}' if scale != 1 else ''}); use crop <= {min(w, h)}")
 
 # %% ../nbs/07_train.ipynb #a23bef4b
+def exclude_pairs(bases: list, exclude: list, data: list) -> int:
+    "Remove the pairs named in `exclude` (names or '@FILE' lists) from the datasets `bases`, in place; how many went."
+    excluded, removed = read_names(exclude), 0
+    for ds in bases:
+        if excluded and hasattr(ds, 'pairs'):
+            kept = [p for p in ds.pairs if p.name not in excluded]
+            removed += len(ds.pairs) - len(kept)
+            if not kept: raise FusionInputError(f"`exclude`: it removes every pair of {ds!r}")
+            ds.pairs = kept
+    if excluded and not removed:  # a wrong list would otherwise train on the pairs it was meant to hold out
+        raise FusionInputError(f"`exclude`: none of its {len(excluded)} names is a pair of `data` ({', '.join(data)})")
+    return removed
+
 def build_train_dataset(cfg: TrainConfig):
     "The training crop dataset described by `cfg.data`."
     bases = []
@@ -184,15 +197,7 @@ def build_train_dataset(cfg: TrainConfig):
             name, root = spec.split(':', 1)
             # fusion training needs the pairs only: labels are neither loaded nor required here
             with config_field('data', spec): bases.append(get_dataset(name, root, boxes=False, masks=False, skip_bad=cfg.skip_bad))
-    excluded, removed = read_names(cfg.exclude), 0
-    for ds in bases:
-        if excluded and hasattr(ds, 'pairs'):
-            kept = [p for p in ds.pairs if p.name not in excluded]
-            removed += len(ds.pairs) - len(kept)
-            if not kept: raise FusionInputError(f"`exclude`: it removes every pair of {ds!r}")
-            ds.pairs = kept
-    if excluded and not removed:  # a wrong list would otherwise train on the pairs it was meant to hold out
-        raise FusionInputError(f"`exclude`: none of its {len(excluded)} names is a pair of `data` ({', '.join(cfg.data)})")
+    exclude_pairs(bases, cfg.exclude, cfg.data)
     check_crop(cfg.crop, [p for ds in bases for p in getattr(ds, 'pairs', [])])
     base = bases[0] if len(bases) == 1 else torch.utils.data.ConcatDataset(bases)
     return FusionCrops(base, size=cfg.crop, seed=cfg.seed)

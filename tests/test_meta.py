@@ -182,3 +182,17 @@ def test_ddp_meta_two_processes(tmp_path):
 def test_cuda_meta_training(tmp_path, first_order):
     res = train_meta(MetaConfig(**TINY, device='cuda', precision='bf16', first_order=first_order, out_dir=str(tmp_path/'m')))
     assert res['step'] == 4 and res['skipped'] == 0 and res['val']
+
+
+def test_task_data_honours_exclude(shared_path):
+    "An experiment's evaluation pairs, named in `exclude`, are neither trained on nor used for the run's validation."
+    from sfofusion.meta import build_task_data
+    from sfofusion.train import read_names
+    root = shared_path('data/MSRS/test')
+    splits = Path(__file__).resolve().parents[1]/'data'/'splits'
+    held = read_names([f'@{splits}/msrs_test60.txt', f'@{splits}/msrs_val50.txt'])
+    crops, val = build_task_data(MetaConfig(data=[f'msrs:{root}'], exclude=[f'@{splits}/msrs_test60.txt', f'@{splits}/msrs_val50.txt'],
+                                            holdout=10, crop=64, scale=0.5))
+    names = [p.name for p in crops.dataset.dataset.dataset.pairs]
+    assert len(names) == 161 and not set(names) & held
+    assert len(crops) == 151 and len(val) == 10
