@@ -6,7 +6,7 @@ Docs: https://github.com/sfofusion/sfofusion/experiment.html.md"""
 
 # %% ../nbs/12_experiment.ipynb #5bf31237
 from __future__ import annotations
-import dataclasses, json, time
+import dataclasses, json, math, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -20,12 +20,14 @@ from .metrics import compute_metrics
 from .meta import MetaConfig, train_meta, MODES
 from .data import Rescaled, holdout_split
 from .model import SFOFusion
-from .tasks import build_task, save_task
+from .tasks import build_task, load_task, save_task
+from .train import read_names
 from .engine import lr_schedule
 
 # %% auto #0
-__all__ = ['BASELINES', 'fuse_with', 'DetectorRecipe', 'detector_batch', 'train_detector', 'ExperimentConfig', 'read_rows',
-           'summarize', 'summary_markdown', 'run_experiment', 'paired_gains']
+__all__ = ['BASELINES', 'T975', 'INPUTS', 'CONTRASTS', 'fuse_with', 'DetectorRecipe', 'detector_batch', 'train_detector',
+           'ExperimentConfig', 'read_rows', 'summarize', 'summary_markdown', 't975', 'paired_interval',
+           'downstream_record', 'run_experiment', 'retest', 'paired_gains']
 
 # %% ../nbs/12_experiment.ipynb #8ec5e7b4
 BASELINES = ('ir', 'vis', 'average')
@@ -116,7 +118,10 @@ class ExperimentConfig:
     "The meta-learning experiment."
     data: str = 'synthetic'        # 'msrs:ROOT' (real boxes) or 'synthetic'
     scale: float = 0.5             # 640x480 MSRS -> 320x240
-    holdout: int = 71              # held-out pairs (fixed split)
+    holdout: int = 71              # held-out pairs (fixed split), when `eval_names` is empty
+    eval_names: list = field(default_factory=list)  # held-out pairs of `data` (names or '@FILE' lists): never trained on by
+                                   # fusion, loss generator or detector; scored unless `eval_data` is set
+    eval_data: str = ''            # 'NAME:ROOT': score on this other labelled folder (all its pairs) instead
     synthetic_pairs: int = 40      # size of the synthetic set (data = 'synthetic')
     synthetic_size: tuple = (96, 128)
     seeds: list = field(default_factory=lambda: [0, 1])
@@ -130,24 +135,49 @@ class ExperimentConfig:
     def __post_init__(self):
         bad = [v for v in self.variants if v not in BASELINES + MODES]
         if bad: raise FusionInputError(f"`variants`: expected names from {BASELINES + MODES}, got {bad}")
+        if self.eval_data and ':' not in self.eval_data:
+            raise FusionInputError(f"`eval_data`: expected 'NAME:ROOT' (e.g. 'msrs:data/MSRS/test'), got {self.eval_data!r}")
         if self.warm_task and not self.fusion.get('init_weights'):
             raise FusionInputError("`warm_task`: needs fusion['init_weights'] (the fused images the warm detector learns from)")
 
 # %% ../nbs/12_experiment.ipynb #d62c2f9f
+def _real_sets(cfg: ExperimentConfig) -> tuple[list, int, tuple]:
+    "[(dataset, training indices), (dataset, evaluation indices)], classes and class names of a real-data experiment."
+    name, root = cfg.data.split(':', 1)
+    base = get_dataset(name, root, boxes=True, masks=False)
+    held = read_names(cfg.eval_names, 'eval_names') if cfg.eval_names else set()
+    if held:
+        lost = sorted(held - {p.name for p in base.pairs})
+        if lost: raise FusionInputError(f"`eval_names`: {len(lost)} name(s) are not pairs of {cfg.data}: {', '.join(lost[:5])}")
+        tr = [i for i, p in enumerate(base.pairs) if p.name not in held]; va = [i for i, p in enumerate(base.pairs) if p.name in held]
+    else: tr, va = holdout_split(len(base), cfg.holdout)
+    sets = [(Rescaled(base, cfg.scale), tr), (Rescaled(base, cfg.scale), va)]
+    if cfg.eval_data:
+        en, er = cfg.eval_data.split(':', 1)
+        if Path(er).resolve() == Path(root).resolve() and not held:
+            raise FusionInputError("`eval_data`: it is the training folder; name its held-out pairs with `eval_names` instead")
+        ev = get_dataset(en, er, boxes=True, masks=False)
+        if tuple(ev.class_names) != tuple(base.class_names):
+            raise FusionInputError(f"`eval_data`: its classes {tuple(ev.class_names)} are not those of `data` {tuple(base.class_names)}")
+        sets[1] = (Rescaled(ev, cfg.scale), list(range(len(ev))))
+    return sets, len(base.class_names), tuple(base.class_names)
+
+def _grab(ds, idx: list) -> dict:
+    "Stacked ir/vis, target dicts and pair names of `ds`'s items `idx` (one size: the images are stacked)."
+    its = [ds[i] for i in idx]
+    pairs = getattr(getattr(ds, 'dataset', ds), 'pairs', None)
+    return dict(ir=torch.stack([it['ir'] for it in its]), vis=torch.stack([it['vis'] for it in its]),
+                targets=[dict(boxes=it['boxes'], labels=it['labels']) for it in its],
+                names=[pairs[i].name for i in idx] if pairs is not None else [f'synthetic_{i}' for i in idx])
+
 def _load_split(cfg: ExperimentConfig) -> tuple[dict, dict, int, tuple|None]:
-    "(train, val) dicts of stacked ir/vis and target lists, number of classes, class names."
+    "(train, evaluation) dicts of stacked ir/vis, target lists and pair names; number of classes, class names."
     if cfg.data == 'synthetic':
-        ds, ncls, names = SyntheticPairs(cfg.synthetic_pairs, size=tuple(cfg.synthetic_size), seed=1234), len(SYNTHETIC_CLASSES), SYNTHETIC_CLASSES
-    else:
-        name, root = cfg.data.split(':', 1)
-        base = get_dataset(name, root, boxes=True, masks=False)
-        ds, ncls, names = Rescaled(base, cfg.scale), len(base.class_names), tuple(base.class_names)
-    tr, va = holdout_split(len(ds), cfg.holdout)
-    def grab(idx):
-        its = [ds[i] for i in idx]
-        return dict(ir=torch.stack([it['ir'] for it in its]), vis=torch.stack([it['vis'] for it in its]),
-                    targets=[dict(boxes=it['boxes'], labels=it['labels']) for it in its])
-    return grab(tr), grab(va), ncls, names
+        ds = SyntheticPairs(cfg.synthetic_pairs, size=tuple(cfg.synthetic_size), seed=1234)
+        tr, va = holdout_split(len(ds), cfg.holdout)
+        return _grab(ds, tr), _grab(ds, va), len(SYNTHETIC_CLASSES), SYNTHETIC_CLASSES
+    ((dtr, tr), (dva, va)), ncls, names = _real_sets(cfg)
+    return _grab(dtr, tr), _grab(dva, va), ncls, names
 
 # %% ../nbs/12_experiment.ipynb #7c47ed0a
 def read_rows(path: Path|str) -> list:
@@ -217,13 +247,59 @@ def _train_variant(cfg, mode, seed, ref, ncls, names, warm: str, out: Path) -> d
     if (run/'result.json').is_file() and (run/'final'/'model.safetensors').is_file():
         return json.loads((run/'result.json').read_text())
     mc = MetaConfig(**{**dict(data=[cfg.data] if cfg.data != 'synthetic' else ['synthetic'], scale=cfg.scale,
-                              holdout=cfg.holdout, synthetic_pairs=cfg.synthetic_pairs, progress=False),
+                              holdout=cfg.holdout, synthetic_pairs=cfg.synthetic_pairs, progress=False,
+                              exclude=list(cfg.eval_names)),   # the evaluation pairs are never trained on
                        **cfg.fusion, 'mode': mode, 'seed': seed, 'device': cfg.device, 'init_task': warm,
                        'reference_metrics': ref, 'out_dir': str(run)})
     if cfg.data != 'synthetic': mc = mc.override(task_cfg={**mc.task_cfg, 'num_classes': ncls, 'class_names': names})
     return train_meta(mc, resume=True)
 
+# %% ../nbs/12_experiment.ipynb #1a1f7fa1
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)  # Student t, 97.5% quantile, 1-10 d.o.f.
+
+def t975(df: int) -> float:
+    "The 97.5% quantile of Student's t with `df` degrees of freedom (table to 10; beyond, Cornish-Fisher, error < 1e-3)."
+    if df < 1: return math.nan
+    if df <= len(T975): return T975[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+def paired_interval(a: list, b: list) -> dict:
+    "Mean of the paired differences a[i] - b[i] and its 95% t-interval (lo, hi); NaN bounds with fewer than 2 pairs."
+    d = np.asarray(a, float) - np.asarray(b, float)
+    n, mean = len(d), float(d.mean()) if len(d) else math.nan
+    half = t975(n - 1) * float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+    return dict(mean=mean, lo=mean - half, hi=mean + half, n=n, differences=d.tolist())
+
+# %% ../nbs/12_experiment.ipynb #cb5d94df
+INPUTS = ('ir', 'vis', 'fusion', 'direct', 'meta')
+CONTRASTS = (('meta', 'fusion'), ('direct', 'fusion'), ('meta', 'direct'), ('fusion', 'ir'), ('meta', 'ir'))
+
+def downstream_record(rows: list, train_pairs: list, eval_pairs: list, cost: dict|None=None) -> dict:
+    "The experiment's record: per-seed mAP@0.5 (and @.5:.95) of each input over the seeds every input finished, paired differences."
+    by = {(r['variant'], r['seed']): r for r in rows}
+    have = [v for v in INPUTS if any(k[0] == v for k in by)]
+    seeds = sorted({s for (_, s) in by if all((v, s) in by for v in have)})
+    per = lambda key: {v: [by[(v, s)][key] for s in seeds] for v in have}
+    inputs, strict = per('map50'), per('map')
+    paired = {f'{a}-{b}': paired_interval(inputs[a], inputs[b]) for a, b in CONTRASTS if a in inputs and b in inputs}
+    return dict(metric='mAP@0.5', seeds=seeds, train_pairs=list(train_pairs), eval_pairs=list(eval_pairs), inputs=inputs,
+                map_50_95=strict, paired_differences=paired,
+                train_seconds_per_step={k: float(np.mean(v)) for k, v in (cost or {}).items()},
+                detector_seconds={v: [by[(v, s)]['det_seconds'] for s in seeds] for v in have})
+
 # %% ../nbs/12_experiment.ipynb #0ce4d4bb
+def _score_input(cfg, v: str, seed: int, fuser, train: dict, val: dict, recipe, ncls, names, out: Path, cost: dict) -> dict:
+    "Train this seed's detector on input `v` (fused by `fuser`), save it, score it on the evaluation pairs: the result row."
+    ftr, fva = fuse_with(fuser, train['ir'], train['vis']), fuse_with(fuser, val['ir'], val['vis'])
+    det = train_detector(ftr, train['targets'], fva, val['targets'], recipe, seed=seed, device=cfg.device,
+                         num_classes=ncls, class_names=names)
+    save_task(det['head'], out/f'seed{seed}'/'detector'/v)             # kept, so the variants can be re-tested elsewhere
+    m = compute_metrics(torch.round(fva * 255), torch.round(val['ir'] * 255), torch.round(val['vis'] * 255),
+                        metrics=['EN', 'SD', 'SF', 'MI', 'VIF', 'Qabf', 'SSIM'])
+    return dict(variant=v, seed=seed, map50=det['map50'], map=det['map'], det_seconds=det['seconds'],
+                **({'train_s_per_step': cost[v]} if v in cost else {}), **{k: float(torch.nanmean(t)) for k, t in m.items()})
+
 def run_experiment(cfg: ExperimentConfig) -> dict:
     "Run every variant for every seed (continuing an interrupted run); returns rows, summary and costs (also in out_dir)."
     out = Path(cfg.out_dir); out.mkdir(parents=True, exist_ok=True)
@@ -243,21 +319,43 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
             if mode in todo: nets[mode] = SFOFusion.from_pretrained(out/f'seed{seed}'/mode/'final').to(cfg.device)
             cost[mode] = res['s_per_step']
         for v in todo:
-            fuser = nets.get(v, v)
-            ftr, fva = fuse_with(fuser, train['ir'], train['vis']), fuse_with(fuser, val['ir'], val['vis'])
-            det = train_detector(ftr, train['targets'], fva, val['targets'], recipe, seed=seed, device=cfg.device,
-                                 num_classes=ncls, class_names=names)
-            m = compute_metrics(torch.round(fva * 255), torch.round(val['ir'] * 255), torch.round(val['vis'] * 255),
-                                metrics=['EN', 'SD', 'SF', 'MI', 'VIF', 'Qabf', 'SSIM'])
-            row = dict(variant=v, seed=seed, map50=det['map50'], map=det['map'], det_seconds=det['seconds'],
-                       **({'train_s_per_step': cost[v]} if v in cost else {}),
-                       **{k: float(torch.nanmean(t)) for k, t in m.items()})
+            row = _score_input(cfg, v, seed, nets.get(v, v), train, val, recipe, ncls, names, out, cost)
             with open(out/'rows.jsonl', 'a') as f: f.write(json.dumps(row) + '\n')  # one line per finished run
     rows = [r for r in read_rows(out/'rows.jsonl') if r['variant'] in cfg.variants]  # every seed finished so far
     summary, costs = summarize(rows), _costs(rows)
     config = dict(asdict(cfg), seeds=sorted({r['seed'] for r in rows}))  # the seeds in the rows, whichever process ran them
+    record = downstream_record(rows, train['names'], val['names'], costs)
+    atomic_write_bytes(out/'downstream.json', (json.dumps(record, indent=1) + '\n').encode())
     atomic_write_bytes(out/'summary.json', json.dumps(dict(config=config, rows=rows, summary=summary, cost=costs), indent=1).encode())
-    return dict(rows=rows, summary=summary, cost=costs)
+    return dict(rows=rows, summary=summary, cost=costs, downstream=record)
+
+# %% ../nbs/12_experiment.ipynb #ebdd301d
+@torch.no_grad()
+def retest(out_dir: Path|str,   # a finished (or partly finished) experiment folder
+           eval_data: str,      # 'NAME:ROOT' of a labelled folder with the experiment's classes
+           device: str='cpu',
+          ) -> dict:            # the record (as `downstream_record`), also written to out_dir/retest_<NAME>.json
+    "Score an experiment's saved detectors, on its own fused inputs, on the labelled pairs of another folder."
+    out = Path(out_dir)
+    if ':' not in str(eval_data): raise FusionInputError(f"`eval_data`: expected 'NAME:ROOT', got {eval_data!r}")
+    if not (out/'experiment.json').is_file(): raise FusionInputError(f"`out_dir`: {out} holds no experiment (experiment.json)")
+    scale, name = json.loads((out/'experiment.json').read_text())['scale'], str(eval_data).split(':', 1)[0]
+    ev = get_dataset(name, str(eval_data).split(':', 1)[1], boxes=True, masks=False)
+    ds = Rescaled(ev, scale)
+    items = [ds[i] for i in range(len(ds))]
+    targets = [dict(boxes=it['boxes'], labels=it['labels']) for it in items]
+    rows = []
+    for det in sorted(out.glob('seed*/detector/*')):
+        seed, v = int(det.parent.parent.name[4:]), det.name
+        fuser = SFOFusion.from_pretrained(out/f'seed{seed}'/v/'final').to(device) if v in MODES else v
+        head = load_task(det, device)
+        fused = [fuse_with(fuser, it['ir'][None], it['vis'][None])[0] for it in items]
+        res = head.evaluate(fused, targets)
+        rows.append(dict(variant=v, seed=seed, map50=res['map50'], map=res['map'], det_seconds=0.))
+    prev = json.loads((out/'downstream.json').read_text()) if (out/'downstream.json').is_file() else {}
+    record = dict(downstream_record(rows, prev.get('train_pairs', []), [p.name for p in ev.pairs]), eval_data=str(eval_data))
+    atomic_write_bytes(out/f'retest_{name}.json', (json.dumps(record, indent=1) + '\n').encode())
+    return record
 
 # %% ../nbs/12_experiment.ipynb #f90c6b00
 def paired_gains(rows: list, base: str='fusion', metric: str='map50') -> dict:

@@ -62,3 +62,44 @@ def test_rows_and_summary(tmp_path):
     assert s['meta']['cost_vs_fusion'] == pytest.approx(2.5) and 'cost_vs_fusion' not in s['ir']
     assert s['ir']['seeds'] == 1 and s['ir']['map50_sd'] == 0.0
     assert '2.50x' in summary_markdown(list(s.values()))
+
+
+def _msrs_folder(root, names, seed0=0):
+    "An MSRS-layout folder (ir/, vi/, det_labels/fusion YOLO boxes) of synthetic pairs."
+    from sfofusion.core import save_image
+    from sfofusion.data import synthetic_pair
+    for d in ('ir', 'vi', 'det_labels/fusion'): (root/d).mkdir(parents=True, exist_ok=True)
+    for i, n in enumerate(names):
+        p = synthetic_pair(64, 80, seed=seed0 + i, rgb=True)
+        save_image(root/'ir'/f'{n}.png', p['ir']); save_image(root/'vi'/f'{n}.png', p['vis_rgb'])
+        (root/'det_labels'/'fusion'/f'{n}.txt').write_text('0 0.5 0.5 0.2 0.3\n2 0.25 0.3 0.1 0.1\n')
+    return root
+
+
+@pytest.mark.slow
+def test_named_evaluation_pairs_record_and_retest(tmp_path):
+    "Evaluation pairs named by eval_names are trained on by nothing; the record has one seed order; retest scores elsewhere."
+    from sfofusion.experiment import retest, run_experiment
+    names = [f'{i:05d}{"D" if i % 2 else "N"}' for i in range(1, 13)]
+    a = _msrs_folder(tmp_path/'A', names)
+    b = _msrs_folder(tmp_path/'B', ['90001D', '90002N', '90003D'], seed0=100)
+    (tmp_path/'held.txt').write_text('\n'.join(names[:4]) + '\n')
+    small = dict(widths=(8, 16, 16, 16), head_width=8)
+    cfg = ExperimentConfig(data=f'msrs:{a}', scale=1.0, eval_names=[f"@{tmp_path/'held.txt'}"], holdout=2, seeds=[0, 1],
+                           variants=['ir', 'fusion', 'meta'], out_dir=str(tmp_path/'exp'),
+                           fusion=dict(steps=2, crop=32, batch_size=2, task_cfg=small, steps_per_epoch=1, warmup_steps=1),
+                           recipe=dict(steps=3, batch_size=4, warmup_steps=1, task_cfg=small))
+    res = run_experiment(cfg)
+    rec = json.loads((tmp_path/'exp'/'downstream.json').read_text())
+    assert rec == json.loads(json.dumps(res['downstream']))
+    assert rec['metric'] == 'mAP@0.5' and rec['seeds'] == [0, 1] and set(rec['inputs']) == {'ir', 'fusion', 'meta'}
+    assert sorted(rec['eval_pairs']) == sorted(names[:4]) and not set(rec['train_pairs']) & set(rec['eval_pairs'])
+    assert len(rec['train_pairs']) == 8 and all(len(v) == 2 for v in rec['inputs'].values())
+    assert rec['paired_differences']['meta-fusion']['n'] == 2
+    cfg_meta = json.loads((tmp_path/'exp'/'seed0'/'meta'/'config.json').read_text())
+    assert cfg_meta['exclude'] == [f"@{tmp_path/'held.txt'}"]                # the meta run never saw them either
+    again = retest(tmp_path/'exp', f'msrs:{b}')
+    assert again['eval_pairs'] == ['90001D', '90002N', '90003D'] and again['seeds'] == [0, 1]
+    assert (tmp_path/'exp'/'retest_msrs.json').is_file()
+    with pytest.raises(FusionInputError, match='`eval_names`: 1 name'):
+        run_experiment(ExperimentConfig(data=f'msrs:{a}', eval_names=['nope'], out_dir=str(tmp_path/'x')))
