@@ -27,7 +27,7 @@ from .engine import lr_schedule
 # %% auto #0
 __all__ = ['BASELINES', 'T975', 'INPUTS', 'CONTRASTS', 'fuse_with', 'DetectorRecipe', 'detector_batch', 'train_detector',
            'ExperimentConfig', 'read_rows', 'summarize', 'summary_markdown', 't975', 'paired_interval',
-           'downstream_record', 'run_experiment', 'retest', 'paired_gains']
+           'downstream_record', 'run_experiment', 'retest', 'downstream_markdown', 'paired_gains']
 
 # %% ../nbs/12_experiment.ipynb #8ec5e7b4
 BASELINES = ('ir', 'vis', 'average')
@@ -191,7 +191,8 @@ def _check_out_dir(cfg: ExperimentConfig, out: Path) -> None:
     f = out/'experiment.json'
     if f.is_file():
         theirs = {k: v for k, v in json.loads(f.read_text()).items() if k not in ('seeds', 'device', 'out_dir')}
-        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        defaults = json.loads(json.dumps(asdict(ExperimentConfig())))   # a field an older record lacks had its default
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k, defaults.get(k)))
         if diff: raise FusionInputError(f"`out_dir`: {out} holds an experiment with other settings ({', '.join(diff)}); "
                                         "use a new out_dir, or the same settings to continue it")
     else: atomic_write_bytes(f, json.dumps(mine, indent=1).encode())
@@ -356,6 +357,24 @@ def retest(out_dir: Path|str,   # a finished (or partly finished) experiment fol
     record = dict(downstream_record(rows, prev.get('train_pairs', []), [p.name for p in ev.pairs]), eval_data=str(eval_data))
     atomic_write_bytes(out/f'retest_{name}.json', (json.dumps(record, indent=1) + '\n').encode())
     return record
+
+# %% ../nbs/12_experiment.ipynb #2082e5b4
+def _verdict(d: dict, need: float=0.02) -> str:
+    "Plain words for a paired difference of mAP@0.5 (fractions) against a `need`-sized effect."
+    if not d['n'] or math.isnan(d['lo']): return f"not resolved (only {d['n']} seed(s))"
+    if d['lo'] >= need: return f"yes: the whole interval is at least {100 * need:.0f} points"
+    if d['hi'] < need: return f"no: the interval excludes a gain of {100 * need:.0f} points" + (" (and any gain)" if d['hi'] < 0 else "")
+    return f"not resolved: the interval spans {100 * need:.0f} points"
+
+def downstream_markdown(rec: dict) -> str:
+    "The README section for a downstream record: means per input, paired differences with 95% intervals, the answer."
+    pts = lambda v: f"{100 * v:+.1f}"
+    lines = [f"{rec['metric']} on {len(rec['eval_pairs'])} held-out pairs, {len(rec['seeds'])} seeds (detectors trained on "
+             f"{len(rec['train_pairs'])} pairs):", '', '| input | mean | per seed |', '|---|---|---|']
+    lines += [f"| {v} | {100 * np.mean(xs):.1f} | {', '.join(f'{100 * x:.1f}' for x in xs)} |" for v, xs in rec['inputs'].items()]
+    lines += ['', '| paired difference (points) | mean | 95% interval | ≥ 2 points? |', '|---|---|---|---|']
+    lines += [f"| {k} | {pts(d['mean'])} | [{pts(d['lo'])}, {pts(d['hi'])}] | {_verdict(d)} |" for k, d in rec['paired_differences'].items()]
+    return '\n'.join(lines)
 
 # %% ../nbs/12_experiment.ipynb #f90c6b00
 def paired_gains(rows: list, base: str='fusion', metric: str='map50') -> dict:
