@@ -27,7 +27,8 @@ from .engine import lr_schedule
 # %% auto #0
 __all__ = ['BASELINES', 'T975', 'INPUTS', 'CONTRASTS', 'fuse_with', 'DetectorRecipe', 'detector_batch', 'train_detector',
            'ExperimentConfig', 'read_rows', 'summarize', 'summary_markdown', 't975', 'paired_interval',
-           'downstream_record', 'run_experiment', 'retest', 'downstream_markdown', 'paired_gains']
+           'downstream_record', 'run_experiment', 'retest', 'downstream_markdown', 'box_mask', 'weights_on_objects',
+           'paired_gains']
 
 # %% ../nbs/12_experiment.ipynb #8ec5e7b4
 BASELINES = ('ir', 'vis', 'average')
@@ -375,6 +376,31 @@ def downstream_markdown(rec: dict) -> str:
     lines += ['', '| paired difference (points) | mean | 95% interval | ≥ 2 points? |', '|---|---|---|---|']
     lines += [f"| {k} | {pts(d['mean'])} | [{pts(d['lo'])}, {pts(d['hi'])}] | {_verdict(d)} |" for k, d in rec['paired_differences'].items()]
     return '\n'.join(lines)
+
+# %% ../nbs/12_experiment.ipynb #b387c1de
+def box_mask(boxes: Tensor, H: int, W: int) -> Tensor:
+    "(H, W) bool: True inside any of the (N, 4) xyxy pixel boxes."
+    m = torch.zeros(H, W, dtype=torch.bool)
+    for x1, y1, x2, y2 in boxes.round().long().tolist(): m[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = True
+    return m
+
+@torch.no_grad()
+def weights_on_objects(gen: nn.Module,  # a LossGenerator
+                       items: list,     # dataset items with ir, vis (1, H, W) and boxes
+                      ) -> dict:        # mean IR shares inside / outside the boxes, learned and prior, over all pixels
+    "The loss generator's IR share of the intensity target inside and outside labelled boxes, and its prior's."
+    from sfofusion.meta import LossGenerator
+    prior = LossGenerator(gen.config).eval()                      # a fresh generator *is* the soft max rule (zero head)
+    acc = {k: [0., 0] for k in ('in', 'out', 'prior_in', 'prior_out')}
+    for it in items:
+        ir, vis = it['ir'][None], it['vis'][None]
+        m = box_mask(it['boxes'], *ir.shape[-2:])
+        for key, g in (('', gen), ('prior_', prior)):
+            w = g(ir, vis)[0][0, 0]
+            for side, sel in (('in', m), ('out', ~m)):
+                acc[key + side][0] += float(w[sel].sum()); acc[key + side][1] += int(sel.sum())
+    r = {k: s / max(n, 1) for k, (s, n) in acc.items()}
+    return dict(r, learned_shift_in=r['in'] - r['prior_in'], learned_shift_out=r['out'] - r['prior_out'])
 
 # %% ../nbs/12_experiment.ipynb #f90c6b00
 def paired_gains(rows: list, base: str='fusion', metric: str='map50') -> dict:
