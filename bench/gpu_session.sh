@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The one prepared GPU script of a session (device tool): CUDA tests, throughput, and the meta-learning experiment.
-# Expects wheels of the packages missing on the GPU image in .whl/ and the MSRS test split, rescaled to 320x240, in
-# .gpudata/MSRS/test (the ../shared folder does not travel). Results go to $OUT.
+# The one prepared GPU script of a session (device tool): CUDA tests, throughput, and the downstream experiment
+# (issue 15: five seeds, full resolution, 110 named held-out pairs). Expects wheels of the packages missing on the GPU
+# image in .whl/ and the MSRS test split (640x480, with det_labels/) in .gpudata/MSRS/test (the ../shared folder does not travel). Results go to $OUT.
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -16,9 +16,11 @@ for prec in bf16 fp32; do
   python3 bench/bench_train.py --device cuda --batch 16 --crop 256 --precision $prec --steps 30 --json | tee -a $OUT/train_throughput.jsonl
 done
 echo "=== meta-learning experiment"
-timeout ${EXP_TIMEOUT:-400} python3 bench/meta_experiment.py /tmp/exp.ipynb -p data msrs:.gpudata/MSRS/test -p scale 1 \
-    -p device cuda -p small_heads false -p holdout 71 -p seeds "[0, 1, 2]" -p fusion_steps ${FUSION_STEPS:-300} \
-    -p fusion_lr 5e-4 -p det_steps ${DET_STEPS:-600} -p init_weights sfofusion/weights/msrs -p warm_task true -p out_dir /tmp/exp
+timeout ${EXP_TIMEOUT:-480} python3 bench/meta_experiment.py /tmp/exp.ipynb -p data msrs:.gpudata/MSRS/test -p scale 1 \
+    -p device cuda -p small_heads false -p variants "[ir, vis, fusion, direct, meta]" -p seeds "[0, 1, 2, 3, 4]" \
+    -p holdout 20 -p eval_names "['@data/splits/msrs_test60.txt', '@data/splits/msrs_val50.txt']" \
+    -p init_weights sfofusion/weights/msrs -p warm_task true -p fusion_steps ${FUSION_STEPS:-300} -p fusion_lr 5e-4 \
+    -p det_steps ${DET_STEPS:-3000} -p det_batch 16 -p det_crop 320 -p out_dir /tmp/exp -p downstream_json $OUT/downstream.json
 cp /tmp/exp/rows.jsonl /tmp/exp/summary.json $OUT/ 2>/dev/null
 for m in fusion meta; do cp /tmp/exp/seed0/$m/log.jsonl $OUT/log_$m.jsonl 2>/dev/null; done
 ls -la $OUT
