@@ -52,8 +52,8 @@ def fuse_dataset(ds,                     # a ray.data.Dataset with columns name,
                  workers: int=2,         # actors
                  device: str='cpu',      # 'cuda': one GPU per actor
                  threads: int=1,         # torch threads per CPU actor (the same in every engine: identical bytes)
-                 batch_size: int=8,      # pairs per batch handed to an actor
-                 **kw,                   # gray, overwrite, resize, tile, overlap (as in `fuse_pairs`)
+                 rows_per_batch: int=8,  # pairs handed to an actor at a time
+                 **kw,                   # batch_size, gray, overwrite, resize, tile, overlap (as in `fuse_pairs`)
                 ) -> FuseReport:
     "Fuse the pairs of a Ray dataset into `out` with `workers` actors; the merged report."
     import ray
@@ -63,7 +63,7 @@ def fuse_dataset(ds,                     # a ray.data.Dataset with columns name,
     if missing: raise FusionInputError(f"`ds`: the dataset has columns {', '.join(ds.schema().names)}; it needs name, ir and vi")
     gpu = str(device).startswith('cuda')
     res = ds.map_batches(FuseBatches, fn_constructor_kwargs=dict(out=str(out), model=model, device=device, threads=threads, **kw),
-                         compute=ray.data.ActorPoolStrategy(size=workers), batch_size=batch_size, batch_format='numpy',
+                         compute=ray.data.ActorPoolStrategy(size=workers), batch_size=rows_per_batch, batch_format='numpy',
                          num_cpus=0 if gpu else threads, num_gpus=1 if gpu else 0)
     return _statuses(res.take_all(), out)
 
@@ -73,7 +73,7 @@ def fuse_with_ray(pairs: list,            # (name, ir_path, vi_path)
                   failed: list=(),        # problems found before fusing
                   address: str|None=None, # a Ray cluster ('auto', 'ray://host:10001'); None: start a local one
                   workers: int=2,
-                  **kw,                   # model, device, threads, batch_size, gray, overwrite, resize, tile, overlap
+                  **kw,                   # model, device, threads, rows_per_batch and `fuse_pairs`' batch_size, gray, overwrite, resize, tile, overlap
                  ) -> FuseReport:
     "Fuse `pairs` into `out` on Ray Data (a local Ray, or the cluster at `address`); the merged report."
     try: import ray
