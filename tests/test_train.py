@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from sfofusion.core import FusionInputError
-from sfofusion.engine import read_log, latest_checkpoint
+from sfofusion.engine import read_log
 from sfofusion.train import TrainConfig, train
 import sfofusion.train as T
 
