@@ -57,7 +57,7 @@ VARIANTS = {
     'v18_freq_detail':   dict(model=dict(select_sharpness=60., freq_detail=True), loss=dict(ssim=0.2, gradient_gain=1.2, gradient=20.)),
 }
 # Stage-2 fine-tunes from the stage-1 run of the shipped recipe (bench/configs/msrs.yaml -> runs/msrs/final), 1,000 steps
-# at lr 5e-4 like the shipped stage 2 (bench/configs/msrs_finetune.yaml, recorded as ft_ssim1). Overrides are relative to
+# at lr 5e-4 (ft_ssim1, the 1,000-step stage 2 shipped first, was scored with --score-run). Overrides are relative to
 # the library's LossConfig defaults (the chosen v15 loss). Round 2 (2026-11-30) looks for Qabf, MI and SSIM, which the
 # shipped model gives up against the max on validation, without losing its sharpness.
 FT_INIT = ROOT / 'runs' / 'msrs' / 'final'
@@ -150,7 +150,7 @@ def main():
     p.add_argument('--ablate', default='', help='a variant name: also train it without each part (ABLATIONS)')
     p.add_argument('--score-run', action='append', default=[], metavar='NAME=RUN_DIR[:KIND]',
                    help="score a finished training run (its final/ weights) on the validation sets and record it as a row "
-                        "of KIND ('length check', 'fine-tune'), e.g. the shipped model's: msrs_ft=runs/msrs_ft:fine-tune")
+                        "of KIND ('length check', 'fine-tune'), e.g. msrs_ft=runs/msrs_ft:fine-tune")
     p.add_argument('--out', type=Path, default=ROOT / 'runs' / 'sweep')
     p.add_argument('--results', type=Path, default=ROOT / 'bench' / 'results' / 'quality_sweep')
     a = p.parse_args()
