@@ -17,7 +17,7 @@ from torch import nn, Tensor
 from .core import FusionInputError, atomic_write_bytes
 from .data import get_dataset, SyntheticPairs, SYNTHETIC_CLASSES, crop_boxes
 from .metrics import compute_metrics
-from .meta import MetaConfig, train_meta, MODES
+from .meta import MetaConfig, train_meta, MODES, head_step
 from .data import Rescaled, holdout_split
 from .model import SFOFusion
 from .tasks import build_task, load_task, save_task
@@ -105,10 +105,7 @@ def train_detector(images: Tensor,  # (N, 1, H, W) training images in [0, 1]
     for step in range(recipe.steps):
         x, boxes, labels = detector_batch(imgs, targets, recipe, g)
         for pg in opt.param_groups: pg['lr'] = lr_schedule(step, recipe.steps, recipe.lr, recipe.warmup_steps)
-        loss = head.loss(x, dict(boxes=boxes, labels=labels))
-        opt.zero_grad(set_to_none=True); loss.backward()
-        nn.utils.clip_grad_norm_(head.parameters(), 10.0)
-        opt.step()
+        loss = head_step(head, opt, x, dict(boxes=boxes, labels=labels))   # the meta trainer's head update, alone
     head.eval()
     res = head.evaluate(val_images.to(dev), val_targets)
     return dict(res, seconds=time.perf_counter() - t0, final_loss=float(loss.detach()), head=head)

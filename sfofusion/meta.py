@@ -32,7 +32,8 @@ from .metrics import compute_metrics
 # %% auto #0
 __all__ = ['MODES', 'META_FILES', 'HEAD_GRAD_CLIP', 'LossGenConfig', 'LossGenerator', 'generated_fusion_loss', 'inner_step',
            'meta_gradient', 'BalanceConfig', 'BalanceState', 'fusion_quality', 'balance_step', 'MetaConfig',
-           'build_task_data', 'validate_task', 'MetaParts', 'meta_step', 'balance_epoch', 'train_meta', 'plot_balance']
+           'build_task_data', 'validate_task', 'MetaParts', 'head_step', 'meta_step', 'balance_epoch', 'train_meta',
+           'plot_balance']
 
 # %% ../nbs/11_meta.ipynb #17c555aa
 @dataclass
@@ -263,7 +264,7 @@ def _meta_parts(cfg: MetaConfig, model: nn.Module, head: nn.Module, dev: torch.d
     gen = LossGenerator(LossGenConfig(**cfg.gen)).to(dev)
     return MetaParts(model, head, gen, FusionLoss(LossConfig(**cfg.loss)).to(dev),
                      torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
-                     torch.optim.AdamW(head.parameters(), lr=cfg.task_lr, weight_decay=1e-4), torch.optim.Adam(gen.parameters(), lr=cfg.gen_lr),
+                     torch.optim.AdamW(head.parameters(), lr=cfg.task_lr, weight_decay=cfg.weight_decay), torch.optim.Adam(gen.parameters(), lr=cfg.gen_lr),
                      make_scaler(cfg, dev), BalanceState(lam=BalanceConfig(**cfg.balance).lam), dict(cfg.reference_metrics))
 
 def _sync_grads(modules, world: int) -> None:
@@ -273,6 +274,20 @@ def _sync_grads(modules, world: int) -> None:
         for p in m.parameters():
             if p.grad is None: p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad); p.grad /= world
+
+def head_step(head: nn.Module, opt: torch.optim.Optimizer,
+              images: Tensor,   # (B, 1, H, W) the (detached) inputs the head learns from
+              targets,          # the batch's targets (boxes/labels or masks), as `head.loss` takes them
+              world: int=1,     # DDP processes (gradients averaged by hand)
+             ) -> Tensor:       # the head's loss (detached)
+    "One update of a task head: loss, backward, gradients averaged over processes, clipped to HEAD_GRAD_CLIP, a step when finite."
+    loss = head.loss(images, targets)
+    opt.zero_grad(set_to_none=True); loss.backward()
+    _sync_grads([head], world)
+    nn.utils.clip_grad_norm_(head.parameters(), HEAD_GRAD_CLIP)
+    if torch.isfinite(loss): opt.step()
+    return loss.detach()
+
 
 # %% ../nbs/11_meta.ipynb #241b904c
 def meta_step(batch: dict, step: int, cfg: MetaConfig, dev: torch.device, world: int, m: MetaParts) -> dict:
@@ -307,11 +322,7 @@ def meta_step(batch: dict, step: int, cfg: MetaConfig, dev: torch.device, world:
     def sync():  # the head is not updated by the fusion objective; the model's gradients are averaged over processes
         m.opt_task.zero_grad(set_to_none=True); _sync_grads([m.model], world)
     gnorm, stepped = optimizer_step(total, m.opt, m.scaler, list(m.model.parameters()), cfg.grad_clip, world, sync)
-    lh = m.head.loss(fused.detach(), batch)   # the head learns on the fused images (detached: no effect on θ here)
-    m.opt_task.zero_grad(set_to_none=True); lh.backward()
-    _sync_grads([m.head], world)
-    nn.utils.clip_grad_norm_(m.head.parameters(), HEAD_GRAD_CLIP)
-    if torch.isfinite(lh): m.opt_task.step()
+    lh = head_step(m.head, m.opt_task, fused.detach(), batch, world)   # the head learns on the fused images (no effect on θ)
     return dict(row, loss=float(total.detach()), fusion_loss=float(lf.detach()), head_loss=float(lh.detach()),
                 **{k: float(v) for k, v in parts.items()}, grad_norm=float(gnorm), skipped_step=not stepped)
 
