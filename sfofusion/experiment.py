@@ -22,7 +22,7 @@ from .data import Rescaled, holdout_split
 from .model import SFOFusion
 from .tasks import build_task, load_task, save_task
 from .train import read_names
-from .engine import lr_schedule
+from .engine import check_keys, lr_schedule
 
 # %% auto #0
 __all__ = ['BASELINES', 'T975', 'INPUTS', 'CONTRASTS', 'fuse_with', 'DetectorRecipe', 'detector_batch', 'train_detector',
@@ -135,6 +135,8 @@ class ExperimentConfig:
         if bad: raise FusionInputError(f"`variants`: expected names from {BASELINES + MODES}, got {bad}")
         if self.eval_data and ':' not in self.eval_data:
             raise FusionInputError(f"`eval_data`: expected 'NAME:ROOT' (e.g. 'msrs:data/MSRS/test'), got {self.eval_data!r}")
+        check_keys(MetaConfig, self.fusion, 'fusion'); check_keys(DetectorRecipe, self.recipe, 'recipe')
+        MetaConfig(**{**self.fusion, 'data': ['synthetic']})     # the variants' overrides are checked before any work
         if self.warm_task and not self.fusion.get('init_weights'):
             raise FusionInputError("`warm_task`: needs fusion['init_weights'] (the fused images the warm detector learns from)")
 
