@@ -103,6 +103,9 @@ def test_readme_commands_run_as_written(user_dir):
 
 @pytest.mark.slow
 def test_readme_python_blocks_run(user_dir):
+    if not (user_dir/'runs'/'fused').is_dir():   # the Usage section's `fuse` command writes what the Python blocks read
+        from sfofusion.fuse import fuse_folder
+        fuse_folder(user_dir/'data/MSRS/test/ir', user_dir/'data/MSRS/test/vi', user_dir/'runs'/'fused', progress=False)
     blocks = usage_blocks('python') + usage_blocks('python', '## Python, step by step', '## Reproduction report')
     assert len(blocks) >= 4
     for code in blocks:
