@@ -45,8 +45,8 @@ def _add_fuse(sub):
 def _fuse_pairs_of(a) -> tuple[list, list]:
     "(pairs, problems) of --ir/--vi or --manifest, after the checks argparse cannot do."
     from sfofusion.core import FusionInputError
-    from sfofusion.fuse import folder_pairs
-    from sfofusion.scale import check_apart, read_manifest
+    from sfofusion.fuse import check_apart, folder_pairs
+    from sfofusion.scale import read_manifest
     if a.manifest is not None:
         given = [f"--{k}" for k in ('ir', 'vi') if getattr(a, k) is not None]
         if given: raise FusionInputError(f"--manifest lists the pairs; it takes no {', '.join(given)}")

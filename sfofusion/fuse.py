@@ -24,7 +24,7 @@ from .model import SFOFusion, compose_select, normalize_per_image
 
 # %% auto #0
 __all__ = ['TILE_PIXELS', 'DEFAULT_TILE', 'DEFAULT_OVERLAP', 'resolve_model', 'as_input', 'fuse_tiled', 'fuse', 'FuseReport',
-           'clean_leftovers', 'fuse_pairs', 'folder_pairs', 'fuse_folder', 'demo']
+           'check_apart', 'clean_leftovers', 'fuse_pairs', 'folder_pairs', 'fuse_folder', 'demo']
 
 # %% ../nbs/13_fuse.ipynb #cb8b33d9
 def resolve_model(model: str|Path|nn.Module='msrs', # shipped name, folder with model.safetensors + config.json, or a network
@@ -312,15 +312,15 @@ def _load(ir_path: Path, vi_path: Path, resize: bool) -> tuple[Tensor, Tensor, T
     y_vis, cbcr = _match_size(y_ir, y_vis, cbcr, resize, f"{short(ir_path)} and {short(vi_path)}")
     return y_ir, y_vis, cbcr
 
-def _check_out(out: Path, ir: str|Path, vi: str|Path, pairs: list) -> None:
-    "Refuse an output folder that holds source images (fused files would mix with or replace them), and IR = VIS."
+def check_apart(out: Path, pairs: list, ir: str|Path|None=None, vi: str|Path|None=None) -> None:
+    "Refuse outputs written among their sources (the `ir`/`vi` folders, or any source file's folder) and a pair whose IR is its VIS."
     same = [n for n, a, b in pairs if a.resolve() == b.resolve()]
     if same: raise FusionInputError(f"`ir` and `vi` name the same files ({', '.join(same[:3])}{' ...' if len(same) > 3 else ''}): "
                                     "an image fused with itself")
-    o = out.resolve()
+    written = {out.resolve()} | {(out / n).parent.resolve() for n, _, _ in pairs}   # a manifest's names may hold sub-folders
     for name, src, files in (('infrared', ir, [a for _, a, _ in pairs]), ('visible', vi, [b for _, _, b in pairs])):
-        dirs = {Path(str(src)).resolve()} if Path(str(src)).is_dir() else set()
-        if o in dirs | {f.parent.resolve() for f in files}:
+        dirs = {Path(str(src)).resolve()} if src is not None and Path(str(src)).is_dir() else set()
+        if written & (dirs | {f.parent.resolve() for f in files}):
             raise FusionInputError(f"`out`: {out} holds the {name} sources; fused images would be written among them "
                                    "(and with overwrite replace them): choose another folder")
 
@@ -397,7 +397,7 @@ def folder_pairs(ir: str|Path, vi: str|Path, out: str|Path) -> tuple[list, list]
     out = check_path(out, 'out')
     check_writable(out, 'out')
     pairs, problems = _pairs(ir, vi)
-    _check_out(out, ir, vi, pairs)
+    check_apart(out, pairs, ir, vi)
     return pairs, problems
 
 def fuse_folder(ir: str|Path,             # infrared folder, file or glob pattern

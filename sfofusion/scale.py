@@ -13,11 +13,10 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from .core import FusionInputError, check_path, check_writable
-from .fuse import FuseReport, clean_leftovers, fuse_pairs
+from .fuse import FuseReport, check_apart, clean_leftovers, fuse_pairs
 
 # %% auto #0
-__all__ = ['MANIFEST_COLUMNS', 'unique_names', 'read_manifest', 'check_apart', 'shard', 'merge_reports', 'dist_env',
-           'fuse_distributed']
+__all__ = ['MANIFEST_COLUMNS', 'unique_names', 'read_manifest', 'shard', 'merge_reports', 'dist_env', 'fuse_distributed']
 
 # %% ../nbs/13a_scale.ipynb #5facd602
 MANIFEST_COLUMNS = ('ir', 'vi', 'out')  # 'out' is optional
@@ -96,16 +95,6 @@ def _name_pairs(keep: list, problems: list) -> tuple[list, list]:
     auto = [k for k in keep if k[1] is None]
     names = dict(zip((k[0] for k in auto), unique_names([k[2] for k in auto], taken=set(explicit))))
     return [(n if n is not None else names[i], a, b) for i, n, a, b in keep], problems
-
-# %% ../nbs/13a_scale.ipynb #730339ca
-def check_apart(out: Path, pairs: list) -> None:
-    "Refuse outputs that would be written into a folder holding one of their sources, or a pair whose IR is its VIS."
-    same = [n for n, a, b in pairs if a.resolve() == b.resolve()]
-    if same: raise FusionInputError(f"`manifest`: ir and vi name the same file for {', '.join(same[:3])}: an image fused with itself")
-    sources = {f.parent.resolve() for _, a, b in pairs for f in (a, b)}
-    inside = [n for n, _, _ in pairs if (out / n).parent.resolve() in sources]
-    if inside: raise FusionInputError(f"`out`: {out} would put fused images among their sources ({', '.join(inside[:3])}): "
-                                      "choose another folder")
 
 # %% ../nbs/13a_scale.ipynb #6fbdf404
 def shard(items: list, rank: int, world: int) -> list:

@@ -60,7 +60,7 @@ def test_manifest_usage_errors(collection, tmp_path):
     rc, _, err = run(CLI, 'fuse', '--manifest', tmp_path/'bad.csv', '--out', tmp_path/'o')
     assert rc == 2 and err.count('\n') == 1 and 'has columns infrared, visible; expected a header ir,vi and optionally out' in err
     rc, _, err = run(CLI, 'fuse', '--manifest', collection/'pairs.csv', '--out', collection/'day1'/'ir')
-    assert rc == 2 and 'would put fused images among their sources' in err
+    assert rc == 2 and 'holds the infrared sources' in err
     assert not any(p.name.startswith('day') for p in (collection/'day1'/'ir').iterdir())
 
 
