@@ -46,7 +46,10 @@ def parse(argv=None):
 def main(argv=None):
     out, params = parse(argv)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(NOTEBOOK), str(out), parameters=params, cwd=str(Path.cwd()), log_output=True)
+    try: pm.execute_notebook(str(NOTEBOOK), str(out), parameters=params, cwd=str(Path.cwd()), log_output=True)
+    except pm.PapermillExecutionError as e:   # e.g. a config the experiment refuses: one line, the notebook keeps the rest
+        print(f"meta_experiment: error: {e.ename}: {e.evalue} (the executed notebook: {out})", file=sys.stderr)
+        return 1
 
 
 if __name__ == '__main__':

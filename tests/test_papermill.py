@@ -62,6 +62,10 @@ def test_meta_experiment_wrapper_runs_the_notebook(tmp_path):
     r = subprocess.run([sys.executable, script, tmp_path/'x.ipynb', '-p', 'seedz', '[0]'], capture_output=True, text=True)
     assert r.returncode == 2 and '-p seedz: not a parameter of 21_meta_experiment.ipynb; valid: data, scale' in r.stderr
     assert not (tmp_path/'x.ipynb').exists()
+    r = subprocess.run([sys.executable, script, tmp_path/'bad.ipynb', '-p', 'fusion_lr', 'abc', '-p', 'out_dir', str(tmp_path/'bad')],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 1 and "meta_experiment: error: FusionInputError: config field `lr`: expected a finite number, got 'abc'" in r.stderr
+    assert 'Traceback' not in r.stderr
     r = subprocess.run([sys.executable, script, tmp_path/'run.ipynb', '-p', 'out_dir', str(tmp_path/'exp'), '-p', 'seeds', '[1]'],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
