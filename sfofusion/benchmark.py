@@ -6,13 +6,13 @@ Docs: https://github.com/sfofusion/sfofusion/benchmark.html.md"""
 
 # %% ../nbs/14a_benchmark.ipynb #d17904af
 from __future__ import annotations
-import hashlib, json, re, statistics, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import hashlib, json, re, statistics, time
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .core import FusionInputError, atomic_write_bytes, find_pairs, load_image, load_pair, save_image
 from .evaluate import evaluate_folders

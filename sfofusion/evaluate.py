@@ -6,17 +6,15 @@ Docs: https://github.com/sfofusion/sfofusion/evaluate.html.md"""
 
 # %% ../nbs/01a_evaluate.ipynb #e5b77eb4
 from __future__ import annotations
-import csv, io, math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import csv, io, math
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .core import FusionInputError, IMAGE_EXTS, check_image, check_same_size, list_images, load_gray255, atomic_write_bytes, resolve_device
+from .core import FusionInputError, IMAGE_EXTS, list_images, load_gray255, atomic_write_bytes, resolve_device
 from .metrics import CONVENTIONS, METRICS, check_conventions, check_metrics, compute_metrics
-
 
 # %% auto #0
 __all__ = ['EvalResult', 'evaluate_folders', 'reference_dir', 'compare_to_reference']

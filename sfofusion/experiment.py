@@ -6,10 +6,10 @@ Docs: https://github.com/sfofusion/sfofusion/experiment.html.md"""
 
 # %% ../nbs/12_experiment.ipynb #5bf31237
 from __future__ import annotations
-import dataclasses, json, math, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
+import json, math, time
 import numpy as np
 import torch
 from torch import nn, Tensor

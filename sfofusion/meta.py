@@ -6,11 +6,11 @@ Docs: https://github.com/sfofusion/sfofusion/meta.html.md"""
 
 # %% ../nbs/11_meta.ipynb #7da93fa2
 from __future__ import annotations
-import dataclasses, json, math, os, time
 from functools import partial
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
+import json, math, os, time
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,14 +18,14 @@ import torch.distributed as dist
 from torch import nn, Tensor
 from torch.func import functional_call
 
-from .core import FusionInputError, atomic_write_bytes, check_image, check_same_size, check_writable
-from .losses import FusionLoss, LossConfig, sobel_gradient, sobel_magnitude, ssim_loss
-from .engine import (LoopState, RUN_FILES, autocast_for, check_keys, config_field, dry_run_report, log_row, lr_at, require,
-                              make_scaler, nested_config, optimizer_step, read_log, replica_max_diff, resume_from, run_loop,
-                              save_step_checkpoint, start_run, last_row)
+from .core import FusionInputError, atomic_write_bytes, check_image, check_same_size
+from .losses import FusionLoss, LossConfig, sobel_magnitude
+from .engine import (LoopState, RUN_FILES, autocast_for, check_keys, config_field, dry_run_report, log_row,
+                              lr_at, require, make_scaler, nested_config, optimizer_step, read_log, replica_max_diff,
+                              resume_from, run_loop, save_step_checkpoint, start_run, last_row)
 from .train import TrainConfig, check_crop, exclude_pairs, initial_model, synthetic_size
-from .data import get_dataset, FusionCrops, SyntheticPairs, collate_fusion, SYNTHETIC_CLASSES, Rescaled, holdout_split
-from .model import SFOFusion, SFOFusionConfig, build_model
+from .data import (get_dataset, FusionCrops, SyntheticPairs, collate_fusion, SYNTHETIC_CLASSES, Rescaled,
+                            holdout_split)
 from .tasks import TASKS, DetectorConfig, SegmenterConfig, build_task, save_task, load_task
 from .metrics import compute_metrics
 

@@ -6,15 +6,13 @@ Docs: https://github.com/sfofusion/sfofusion/metrics.html.md"""
 
 # %% ../nbs/01_metrics.ipynb #7ec3c68b
 from __future__ import annotations
-import csv, io, math
-from dataclasses import dataclass, field
-from pathlib import Path
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import FusionInputError, IMAGE_EXTS, check_image, check_same_size, list_images, load_gray255, atomic_write_bytes, resolve_device
+from .core import FusionInputError, check_image, check_same_size, load_gray255
 
 # %% auto #0
 __all__ = ['METRICS', 'MIN_SIZE', 'SOURCE_REDUCTIONS', 'MI_UNITS', 'VIF_SIZES', 'VIF_SIGMA_NSQ', 'VIF_EPS', 'QABF_GRADIENT',

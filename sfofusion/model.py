@@ -6,7 +6,7 @@ Docs: https://github.com/sfofusion/sfofusion/model.html.md"""
 
 # %% ../nbs/03_model.ipynb #6a149994
 from __future__ import annotations
-import json, math
+import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .core import FusionInputError, atomic_write_bytes, check_image, check_same_size, resolve_device
-from .spectrum import (
-    AmplitudeFusion, FrequencyGain, PhaseAlign, PhaseFusion, SpectrumSplit, band_centres, band_energy, band_gain_map,
-    band_weights, from_spectrum, log_amplitude, phase_difference, radial_frequency, to_spectrum)
+from .spectrum import (AmplitudeFusion, FrequencyGain, PhaseAlign, PhaseFusion, SpectrumSplit, band_centres,
+                                band_energy, band_gain_map, band_weights, from_spectrum, log_amplitude,
+                                phase_difference, radial_frequency, to_spectrum)
 
 # %% auto #0
 __all__ = ['PAD', 'WEIGHTS_FILE', 'CONFIG_FILE', 'SFOFusionConfig', 'SpectralChannelGate', 'FrequencyBranch', 'edge_kernels',

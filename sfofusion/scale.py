@@ -6,14 +6,13 @@ Docs: https://github.com/sfofusion/sfofusion/scale.html.md"""
 
 # %% ../nbs/13a_scale.ipynb #36fbdfb0
 from __future__ import annotations
-import csv, os
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 
-import torch
+import csv, os
 
 from .core import FusionInputError, check_path, check_writable
-from .fuse import FuseReport, check_apart, clean_leftovers, fuse_pairs
+from .fuse import FuseReport, clean_leftovers, fuse_pairs
 
 # %% auto #0
 __all__ = ['MANIFEST_COLUMNS', 'unique_names', 'read_manifest', 'shard', 'merge_reports', 'dist_env', 'fuse_distributed']

@@ -6,20 +6,20 @@ Docs: https://github.com/sfofusion/sfofusion/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #588d4365
 from __future__ import annotations
-import dataclasses, json, math, time
 from functools import partial
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
+import dataclasses, json, time
 import numpy as np
 import torch
-from torch import nn, Tensor
+from torch import nn
 
 from .core import FusionInputError, atomic_write_bytes, find_pairs, load_pair, load_gray255, to_uint8
-from .engine import (
-    LoopState, autocast_for, check_keys, coerce_value, config_field, dry_run_report, epoch_batches, is_int, is_num,
-    field_default, log_row, lr_at, make_scaler, nested_config, optimizer_step, plot_log, read_config_file, replica_max_diff,
-    require, resume_from, run_loop, save_step_checkpoint, start_run, type_ok, last_row)
+from .engine import (LoopState, autocast_for, check_keys, coerce_value, config_field, dry_run_report, is_int,
+                              is_num, field_default, log_row, lr_at, make_scaler, nested_config, optimizer_step,
+                              plot_log, read_config_file, replica_max_diff, require, resume_from, run_loop,
+                              save_step_checkpoint, start_run, last_row)
 from .model import SFOFusion, SFOFusionConfig, build_model
 from .losses import FusionLoss, LossConfig
 from .data import DATASETS, get_dataset, FusionCrops, SyntheticPairs, collate_fusion

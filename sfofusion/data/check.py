@@ -6,24 +6,13 @@ Docs: https://github.com/sfofusion/sfofusion/check.html.md"""
 
 # %% ../../nbs/05f_check.ipynb #489db2de
 from __future__ import annotations
-import hashlib, http.client, lzma, os, re, shutil, sys, tarfile, tempfile, urllib.error, urllib.parse, urllib.request, warnings, zipfile, zlib
-import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-import cv2
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-from torch.utils.data import Dataset
-
-from ..core import (IMAGE_EXTS, FusionInputError, Pair, find_layout, is_grey, list_images, load_pair, read_image,
-                            rgb_to_ycbcr, ycbcr_to_rgb)
+from ..core import FusionInputError, Pair, list_images
 from .datasets import dataset_class, detect_dataset, inspect_files, missing_labels, name_listing
 from .fetch import DATASET_SOURCES
-
 
 # %% auto #0
 __all__ = ['DatasetReport', 'check_dataset']

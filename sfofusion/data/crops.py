@@ -6,23 +6,15 @@ Docs: https://github.com/sfofusion/sfofusion/crops.html.md"""
 
 # %% ../../nbs/05d_crops.ipynb #a61474b9
 from __future__ import annotations
-import hashlib, http.client, lzma, os, re, shutil, sys, tarfile, tempfile, urllib.error, urllib.parse, urllib.request, warnings, zipfile, zlib
-import xml.etree.ElementTree as ET
-from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..core import (IMAGE_EXTS, FusionInputError, Pair, find_layout, is_grey, list_images, load_pair, read_image,
-                            rgb_to_ycbcr, ycbcr_to_rgb)
+from ..core import FusionInputError, rgb_to_ycbcr
 from .labels import IGNORE_INDEX
-
 
 # %% auto #0
 __all__ = ['LIST_KEYS', 'crop_boxes', 'FusionCrops', 'Rescaled', 'holdout_split', 'collate_fusion']

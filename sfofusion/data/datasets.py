@@ -6,23 +6,17 @@ Docs: https://github.com/sfofusion/sfofusion/datasets.html.md"""
 
 # %% ../../nbs/05b_datasets.ipynb #52d28883
 from __future__ import annotations
-import hashlib, http.client, lzma, os, re, shutil, sys, tarfile, tempfile, urllib.error, urllib.parse, urllib.request, warnings, zipfile, zlib
-import xml.etree.ElementTree as ET
-from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..core import (IMAGE_EXTS, FusionInputError, Pair, find_layout, is_grey, list_images, load_pair, read_image,
-                            rgb_to_ycbcr, ycbcr_to_rgb)
-from .labels import BoxLines, BoxSource, MergedLabels, VocLabels, YoloLabels, open_box_source, parse_mask, read_class_names, read_mask
-
+from ..core import IMAGE_EXTS, FusionInputError, Pair, find_layout, list_images, load_pair, read_image
+from .labels import (BoxLines, BoxSource, MergedLabels, VocLabels, YoloLabels, open_box_source,
+                                   parse_mask, read_class_names, read_mask)
 
 # %% auto #0
 __all__ = ['M3FD_CLASSES', 'MSRS_SEG_CLASSES', 'DATASETS', 'Layout', 'match_pairs', 'name_listing', 'missing_labels',

@@ -6,23 +6,14 @@ Docs: https://github.com/sfofusion/sfofusion/fetch.html.md"""
 
 # %% ../../nbs/05e_fetch.ipynb #953474a6
 from __future__ import annotations
-import hashlib, http.client, lzma, os, re, shutil, sys, tarfile, tempfile, urllib.error, urllib.parse, urllib.request, warnings, zipfile, zlib
-import xml.etree.ElementTree as ET
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import cv2
-import numpy as np
-import torch
+import hashlib, http.client, lzma, os, re, shutil, sys, tarfile, tempfile, urllib.error, urllib.parse, urllib.request, zipfile, zlib
 import torch.nn.functional as F
-from torch import Tensor
-from torch.utils.data import Dataset
 
-from ..core import (IMAGE_EXTS, FusionInputError, Pair, find_layout, is_grey, list_images, load_pair, read_image,
-                            rgb_to_ycbcr, ycbcr_to_rgb)
+from ..core import FusionInputError
 from .datasets import DATASETS, match_pairs, name_listing
-
 
 # %% auto #0
 __all__ = ['DATASET_SOURCES', 'DatasetSource', 'DatasetDownloadError', 'sha256_file', 'default_dataset_dir', 'download',

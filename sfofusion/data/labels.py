@@ -6,22 +6,14 @@ Docs: https://github.com/sfofusion/sfofusion/labels.html.md"""
 
 # %% ../../nbs/05a_labels.ipynb #842f72db
 from __future__ import annotations
-import hashlib, http.client, lzma, os, re, shutil, sys, tarfile, tempfile, urllib.error, urllib.parse, urllib.request, warnings, zipfile, zlib
 import xml.etree.ElementTree as ET
-from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from ..core import (IMAGE_EXTS, FusionInputError, Pair, find_layout, is_grey, list_images, load_pair, read_image,
-                            rgb_to_ycbcr, ycbcr_to_rgb)
-
+from ..core import FusionInputError, is_grey, read_image
 
 # %% auto #0
 __all__ = ['BOX_TOL_PX', 'IGNORE_INDEX', 'BoxSource', 'YoloLabels', 'VocLabels', 'BoxLines', 'MergedLabels', 'open_box_source',
