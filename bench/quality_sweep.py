@@ -67,6 +67,11 @@ FINETUNES = {
     'ft_ssim2':            dict(loss=dict(ssim=2.)),
     'ft_ssim1_int3':       dict(loss=dict(ssim=1., intensity=3.)),
     'ft_ssim1_2000':       dict(loss=dict(ssim=1.), steps=2000),
+    # round 3 (2026-11-30): the two metric-aligned terms of 06_losses. Scaling the shipped model's residual at
+    # inference showed what the detail costs (β = 0 is the max; β = 0.5 already loses 0.017 of Qabf but gains 0.5 of MI)
+    'ft_ssim1_edge2':      dict(loss=dict(ssim=1., edge_preservation=2.)),
+    'ft_ssim1_edge2_mi01': dict(loss=dict(ssim=1., edge_preservation=2., mutual_information=0.1)),
+    'ft_ssim1_edge4_mi005': dict(loss=dict(ssim=1., edge_preservation=4., mutual_information=0.05)),
 }
 ABLATIONS = {'no_frequency': dict(use_frequency=False), 'no_compensation': dict(use_compensation=False)}
 

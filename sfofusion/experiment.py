@@ -18,8 +18,8 @@ from .core import FusionInputError, atomic_write_bytes
 from .data import get_dataset, SyntheticPairs, SYNTHETIC_CLASSES, crop_boxes
 from .metrics import compute_metrics
 from .meta import MetaConfig, train_meta, MODES, head_step
-from .data import Rescaled, holdout_split
-from .model import SFOFusion
+from .data import Rescaled, holdout_split, sha256_file
+from .model import SFOFusion, weights_dir
 from .tasks import build_task, load_task, save_task
 from .train import read_names
 from .engine import check_keys, lr_schedule
@@ -27,8 +27,8 @@ from .engine import check_keys, lr_schedule
 # %% auto #0
 __all__ = ['BASELINES', 'T975', 'INPUTS', 'CONTRASTS', 'fuse_with', 'DetectorRecipe', 'detector_batch', 'train_detector',
            'ExperimentConfig', 'read_rows', 'summarize', 'summary_markdown', 't975', 'paired_interval',
-           'downstream_record', 'run_experiment', 'retest', 'downstream_markdown', 'box_mask', 'weights_on_objects',
-           'paired_gains']
+           'downstream_record', 'experiment_setup', 'run_experiment', 'retest', 'downstream_markdown', 'box_mask',
+           'weights_on_objects', 'paired_gains']
 
 # %% ../nbs/12_experiment.ipynb #8ec5e7b4
 BASELINES = ('ir', 'vis', 'average')
@@ -276,7 +276,9 @@ def paired_interval(a: list, b: list) -> dict:
 INPUTS = ('ir', 'vis', 'fusion', 'direct', 'meta')
 CONTRASTS = (('meta', 'fusion'), ('direct', 'fusion'), ('meta', 'direct'), ('fusion', 'ir'), ('meta', 'ir'))
 
-def downstream_record(rows: list, train_pairs: list, eval_pairs: list, cost: dict|None=None) -> dict:
+def downstream_record(rows: list, train_pairs: list, eval_pairs: list, cost: dict|None=None,
+                      setup: dict|None=None, # how the inputs and detectors were made (see `run_experiment`)
+                     ) -> dict:
     "The experiment's record: per-seed mAP@0.5 (and @.5:.95) of each input over the seeds every input finished, paired differences."
     by = {(r['variant'], r['seed']): r for r in rows}
     have = [v for v in INPUTS if any(k[0] == v for k in by)]
@@ -287,7 +289,7 @@ def downstream_record(rows: list, train_pairs: list, eval_pairs: list, cost: dic
     return dict(metric='mAP@0.5', seeds=seeds, train_pairs=list(train_pairs), eval_pairs=list(eval_pairs), inputs=inputs,
                 map_50_95=strict, paired_differences=paired,
                 train_seconds_per_step={k: float(np.mean(v)) for k, v in (cost or {}).items()},
-                detector_seconds={v: [by[(v, s)]['det_seconds'] for s in seeds] for v in have})
+                detector_seconds={v: [by[(v, s)]['det_seconds'] for s in seeds] for v in have}, setup=dict(setup or {}))
 
 # %% ../nbs/12_experiment.ipynb #0ce4d4bb
 def _score_input(cfg, v: str, seed: int, fuser, train: dict, val: dict, recipe, ncls, names, out: Path, cost: dict) -> dict:
@@ -300,6 +302,15 @@ def _score_input(cfg, v: str, seed: int, fuser, train: dict, val: dict, recipe, 
                         metrics=['EN', 'SD', 'SF', 'MI', 'VIF', 'Qabf', 'SSIM'])
     return dict(variant=v, seed=seed, map50=det['map50'], map=det['map'], det_seconds=det['seconds'],
                 **({'train_s_per_step': cost[v]} if v in cost else {}), **{k: float(torch.nanmean(t)) for k, t in m.items()})
+
+def experiment_setup(cfg: ExperimentConfig) -> dict:
+    "The settings a reader needs beside the numbers: dataset by name (not by path), scale, recipes, the start weights' hash."
+    init = cfg.fusion.get('init_weights')
+    f = next((p for p in (Path(init or ''), Path(init or '')/'model.safetensors', weights_dir()/str(init)/'model.safetensors')
+              if init and p.is_file()), None)   # a file, a run folder, or a shipped name
+    return dict(dataset=cfg.data.split(':', 1)[0], scale=cfg.scale, device=cfg.device, warm_task=cfg.warm_task,
+                fusion={k: v for k, v in cfg.fusion.items() if k != 'task_cfg'}, detector=asdict(DetectorRecipe(**cfg.recipe)),
+                init_weights_sha256=sha256_file(f) if f else None)
 
 def run_experiment(cfg: ExperimentConfig) -> dict:
     "Run every variant for every seed (continuing an interrupted run); returns rows, summary and costs (also in out_dir)."
@@ -325,7 +336,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     rows = [r for r in read_rows(out/'rows.jsonl') if r['variant'] in cfg.variants]  # every seed finished so far
     summary, costs = summarize(rows), _costs(rows)
     config = dict(asdict(cfg), seeds=sorted({r['seed'] for r in rows}))  # the seeds in the rows, whichever process ran them
-    record = downstream_record(rows, train['names'], val['names'], costs)
+    record = downstream_record(rows, train['names'], val['names'], costs, setup=experiment_setup(cfg))
     atomic_write_bytes(out/'downstream.json', (json.dumps(record, indent=1) + '\n').encode())
     atomic_write_bytes(out/'summary.json', json.dumps(dict(config=config, rows=rows, summary=summary, cost=costs), indent=1).encode())
     return dict(rows=rows, summary=summary, cost=costs, downstream=record)
@@ -354,7 +365,8 @@ def retest(out_dir: Path|str,   # a finished (or partly finished) experiment fol
         res = head.evaluate(fused, targets)
         rows.append(dict(variant=v, seed=seed, map50=res['map50'], map=res['map'], det_seconds=0.))
     prev = json.loads((out/'downstream.json').read_text()) if (out/'downstream.json').is_file() else {}
-    record = dict(downstream_record(rows, prev.get('train_pairs', []), [p.name for p in ev.pairs]), eval_data=str(eval_data))
+    record = dict(downstream_record(rows, prev.get('train_pairs', []), [p.name for p in ev.pairs], setup=prev.get('setup')),
+                  eval_data=str(eval_data))
     atomic_write_bytes(out/f'retest_{name}.json', (json.dumps(record, indent=1) + '\n').encode())
     return record
 
@@ -369,11 +381,22 @@ def _verdict(d: dict, need: float=0.02) -> str:
 def downstream_markdown(rec: dict) -> str:
     "The README section for a downstream record: means per input, paired differences with 95% intervals, the answer."
     pts = lambda v: f"{100 * v:+.1f}"
+    su, det = rec.get('setup') or {}, (rec.get('setup') or {}).get('detector') or {}
+    how = (f" Inputs at scale {su['scale']:g}; detectors from scratch, {det.get('steps')} steps of {det.get('batch_size')} × "
+           f"{det.get('crop') or 'whole'}{'²' if det.get('crop') else ''} crops; fusion variants {su.get('fusion', {}).get('steps')} "
+           f"steps on {su.get('device')}." if su else '')
     lines = [f"{rec['metric']} on {len(rec['eval_pairs'])} held-out pairs, {len(rec['seeds'])} seeds (detectors trained on "
-             f"{len(rec['train_pairs'])} pairs):", '', '| input | mean | per seed |', '|---|---|---|']
+             f"{len(rec['train_pairs'])} pairs).{how}", '', '| input | mean | per seed |', '|---|---|---|']
     lines += [f"| {v} | {100 * np.mean(xs):.1f} | {', '.join(f'{100 * x:.1f}' for x in xs)} |" for v, xs in rec['inputs'].items()]
     lines += ['', '| paired difference (points) | mean | 95% interval | ≥ 2 points? |', '|---|---|---|---|']
     lines += [f"| {k} | {pts(d['mean'])} | [{pts(d['lo'])}, {pts(d['hi'])}] | {_verdict(d)} |" for k, d in rec['paired_differences'].items()]
+    if rec.get('detector_seconds'):
+        det_s = {v: np.mean(xs) for v, xs in rec['detector_seconds'].items()}
+        step = ', '.join(f"{v} {s:.2f} s" for v, s in rec.get('train_seconds_per_step', {}).items())
+        total = sum(map(sum, rec['detector_seconds'].values())) / 3600
+        lines += ['', f"Cost: one detector {min(det_s.values()):.0f}–{max(det_s.values()):.0f} s"
+                  + (f"; fusion-variant training per step: {step}" if step else '')
+                  + f"; the {sum(map(len, rec['detector_seconds'].values()))} scored detectors {total:.1f} h in all."]
     return '\n'.join(lines)
 
 # %% ../nbs/12_experiment.ipynb #b387c1de

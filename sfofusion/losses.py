@@ -7,6 +7,7 @@ Docs: https://github.com/sfofusion/sfofusion/losses.html.md"""
 # %% ../nbs/06_losses.ipynb #6a203f95
 from __future__ import annotations
 from dataclasses import dataclass, fields, replace
+import math
 
 import kornia
 import torch
@@ -14,11 +15,12 @@ import torch.nn as nn
 from torch import Tensor
 
 from .core import FusionInputError, check_image
+from .metrics import QABF_GRADIENT, QABF_ORIENTATION
 
 # %% auto #0
-__all__ = ['REDUCTIONS', 'GRADIENT_MODES', 'MAGNITUDE_EPS', 'intensity_loss', 'sobel_gradient', 'sobel_magnitude',
-           'gradient_loss', 'ssim_loss', 'log_magnitude_spectrum', 'frequency_loss', 'LossConfig', 'fusion_loss',
-           'FusionLoss']
+__all__ = ['REDUCTIONS', 'GRADIENT_MODES', 'MAGNITUDE_EPS', 'EDGE_EPS', 'MI_BINS', 'TERMS', 'intensity_loss', 'sobel_gradient',
+           'sobel_magnitude', 'gradient_loss', 'ssim_loss', 'log_magnitude_spectrum', 'frequency_loss', 'edge_angle',
+           'edge_preservation_loss', 'mutual_information_loss', 'LossConfig', 'fusion_loss', 'FusionLoss']
 
 # %% ../nbs/06_losses.ipynb #3ff9aeb5
 REDUCTIONS = ('mean', 'sum', 'none')
@@ -144,7 +146,86 @@ def _frequency(fused, ir, vis, reduction):
     target = torch.maximum(log_magnitude_spectrum(ir), log_magnitude_spectrum(vis))  # log1p is increasing: max commutes with it
     return _reduce((log_magnitude_spectrum(fused) - target).abs(), reduction)
 
+# %% ../nbs/06_losses.ipynb #7b14a9b2
+EDGE_EPS = (0.25 / 255) ** 2   # in the angle's derivative (∂x dy - ∂y dx) / (g^2 + EDGE_EPS): bounded on flat pixels
+
+def edge_angle(g: Tensor, # (B, C, 2, H, W) derivatives (d/dx, d/dy)
+              ) -> Tensor: # (B, C, H, W) atan(dy / dx) in [-pi/2, pi/2] (pi/2 where dx = 0), derivative bounded
+    "The evaluator's edge orientation, with a derivative that stays finite where the gradient vanishes."
+    gx, gy = g[:, :, 0], g[:, :, 1]
+    with torch.no_grad(): a = torch.where(gx == 0, torch.full_like(gx, math.pi / 2), torch.atan(gy / gx))
+    lin = (gx.detach() * gy - gy.detach() * gx) / (gx.detach() ** 2 + gy.detach() ** 2 + EDGE_EPS)
+    return a + lin - lin.detach()             # the value of atan; the derivative of atan, regularised
+
+def edge_preservation_loss(fused: Tensor,  # (B, C, H, W) float, finite
+                           ir: Tensor,     # (B, C, H, W) float in [0, 1]
+                           vis: Tensor,    # (B, C, H, W) float in [0, 1]
+                           reduction: str='mean', # 'mean', 'sum' or 'none'
+                          ) -> Tensor:
+    "1 - Qabf (Xydeas-Petrovic edge preservation of IR and VIS in the fused image), differentiable."
+    _check_sources(fused, ir, vis)
+    return _edge_preservation(fused, ir, vis, reduction)
+
+def _edge_preservation(fused, ir, vis, reduction):
+    (tg, kg, dg), (ta, ka, da) = QABF_GRADIENT, QABF_ORIENTATION   # the evaluator's sigmoids (sfofusion.metrics)
+    gf = sobel_gradient(fused)
+    sf, af = (gf.square().sum(2) + EDGE_EPS).sqrt(), edge_angle(gf)
+    num = den = 0.
+    for src in (ir, vis):
+        gs = sobel_gradient(src)
+        ss, as_ = gs.square().sum(2).sqrt(), edge_angle(gs)
+        G = torch.minimum(ss, sf) / torch.maximum(ss, sf)            # sf > 0: defined everywhere
+        A = 1 - (as_ - af).abs() / (math.pi / 2)
+        q = tg * torch.sigmoid(-kg * (G - dg)) * ta * torch.sigmoid(-ka * (A - da))
+        num, den = num + (q * ss).flatten(1).sum(1), den + ss.flatten(1).sum(1)
+    return _reduce((1 - num / den.clamp_min(1e-12))[:, None], reduction)  # flat sources (den 0): 1, no gradient
+
+MI_BINS = 256  # histogram bins over [0, 1]: the evaluator's, one per 8-bit grey level
+
+def _joint_histogram(a: Tensor, b: Tensor, bins: int) -> Tensor: # (B, N) each in [0, 1] -> (B, bins, bins), sums to 1
+    "Joint histogram with linear interpolation: each value splits between its two nearest bins (differentiable in both)."
+    B, N = a.shape
+    ua, ub = a.clamp(0, 1) * (bins - 1), b.clamp(0, 1) * (bins - 1)
+    ia, ib = ua.detach().floor().clamp(max=bins - 2).long(), ub.detach().floor().clamp(max=bins - 2).long()
+    ta, tb = ua - ia, ub - ib                                           # in [0, 1]: the share of the upper bin
+    joint = a.new_zeros(B, bins * bins)
+    for da, wa in ((0, 1 - ta), (1, ta)):
+        for db, wb in ((0, 1 - tb), (1, tb)):
+            joint = joint.scatter_add(1, (ia + da) * bins + ib + db, wa * wb)
+    return joint.view(B, bins, bins) / N
+
+def _entropy(p: Tensor) -> Tensor: return -(p * torch.log2(p.clamp_min(1e-12))).flatten(1).sum(-1)
+
+def _mi(a: Tensor, b: Tensor, bins: int) -> Tensor: # (B, N) each -> (B,) I(A; B) in bits
+    joint = _joint_histogram(a, b, bins)
+    return _entropy(joint.sum(2)) + _entropy(joint.sum(1)) - _entropy(joint)
+
+def mutual_information_loss(fused: Tensor,  # (B, C, H, W) float, finite
+                            ir: Tensor,     # (B, C, H, W) float in [0, 1]
+                            vis: Tensor,    # (B, C, H, W) float in [0, 1]
+                            bins: int=MI_BINS,
+                            reduction: str='mean', # 'mean', 'sum' or 'none'
+                           ) -> Tensor:
+    "1 - (I(F; IR) + I(F; VIS)) / (I(IR; IR) + I(VIS; VIS)), histograms with linear interpolation: 0 for F = IR = VIS."
+    _check_sources(fused, ir, vis)
+    if not isinstance(bins, int) or bins < 2: raise FusionInputError(f"`bins`: expected an integer >= 2, got {bins!r}")
+    return _mutual_information(fused, ir, vis, bins, reduction)
+
+def _soft_mi(pa: Tensor, pb: Tensor) -> Tensor: # (B, N, bins) each -> (B,) I(A; B) in bits
+    joint = pa.transpose(1, 2) @ pb / pb.shape[1]                    # (B, bins, bins)
+    return _entropy(joint.sum(2)) + _entropy(joint.sum(1)) - _entropy(joint.flatten(1))
+
+def _mutual_information(fused, ir, vis, bins, reduction):
+    f, mi, most = fused.flatten(1), 0., 0.
+    for src in (ir, vis):
+        s = src.flatten(1)
+        mi = mi + _mi(f, s, bins)
+        with torch.no_grad(): most = most + _mi(s, s, bins)         # what a copy of the source tells of it: H(S) for 8-bit S
+    return _reduce((1 - mi / most.clamp_min(1e-12))[:, None], reduction)
+
 # %% ../nbs/06_losses.ipynb #39fdce8f
+TERMS = ('intensity', 'gradient', 'ssim', 'frequency', 'edge_preservation', 'mutual_information')  # weighted terms, in order
+
 @dataclass
 class LossConfig:
     "Weights of the fusion loss terms (images in [0, 1]); see the notebook for how they were chosen."
@@ -152,15 +233,17 @@ class LossConfig:
     gradient: float = 20.    # L1 of normalised-Sobel gradients: ~0.011-0.02 there; x20 gives edges twice brightness's say
     ssim: float = 0.2        # 1 - SSIM against each source: 0.24-0.35 and rewards averaging -> a light regulariser only
     frequency: float = 0.    # log-amplitude spectrum term: measured neutral in the sweep (v14), so off
+    edge_preservation: float = 0. # 1 - Qabf (differentiable): edges of both sources kept in strength and orientation
+    mutual_information: float = 0. # 1 - normalised soft MI with the sources: grey levels that stay a function of theirs
     gradient_mode: str = 'signed' # 'signed': (dx, dy) of the stronger source; 'magnitude': |dx|+|dy| of the max
     gradient_gain: float = 1.2  # scale of the gradient target: edges 20% stronger than the stronger source's
     ssim_ir_weight: float = 0.5 # share of IR in the SSIM term
     ssim_window: int = 11    # SSIM Gaussian window
 
     def __post_init__(self):
-        for f in ('intensity', 'gradient', 'ssim', 'frequency'):
+        for f in TERMS:
             if not getattr(self, f) >= 0: raise FusionInputError(f"LossConfig.{f}: expected a weight >= 0, got {getattr(self, f)}")
-        if sum(getattr(self, f) for f in ('intensity', 'gradient', 'ssim', 'frequency')) == 0:
+        if sum(getattr(self, f) for f in TERMS) == 0:
             raise FusionInputError("LossConfig: all weights are 0; the loss would be constant")
         if self.gradient_mode not in GRADIENT_MODES:
             raise FusionInputError(f"LossConfig.gradient_mode: expected one of {GRADIENT_MODES}, got {self.gradient_mode!r}")
@@ -184,7 +267,9 @@ def fusion_loss(fused: Tensor,  # (B, C, H, W) float, finite
         intensity=lambda: _intensity(fused, ir, vis, w_int, reduction),
         gradient=lambda: _gradient(fused, ir, vis, w_grad, reduction, c.gradient_mode, c.gradient_gain),
         ssim=lambda: _ssim(fused, ir, vis, c.ssim_ir_weight, c.ssim_window, reduction),
-        frequency=lambda: _frequency(fused, ir, vis, reduction))
+        frequency=lambda: _frequency(fused, ir, vis, reduction),
+        edge_preservation=lambda: _edge_preservation(fused, ir, vis, reduction),
+        mutual_information=lambda: _mutual_information(fused, ir, vis, MI_BINS, reduction))
     total, parts = 0., {}
     for name, term in terms.items():
         weight = getattr(c, name)
