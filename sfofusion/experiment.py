@@ -386,8 +386,10 @@ def downstream_markdown(rec: dict) -> str:
            f"{det.get('crop') or 'whole'}{'²' if det.get('crop') else ''} crops; fusion variants {su.get('fusion', {}).get('steps')} "
            f"steps on {su.get('device')}." if su else '')
     lines = [f"{rec['metric']} on {len(rec['eval_pairs'])} held-out pairs, {len(rec['seeds'])} seeds (detectors trained on "
-             f"{len(rec['train_pairs'])} pairs).{how}", '', '| input | mean | per seed |', '|---|---|---|']
-    lines += [f"| {v} | {100 * np.mean(xs):.1f} | {', '.join(f'{100 * x:.1f}' for x in xs)} |" for v, xs in rec['inputs'].items()]
+             f"{len(rec['train_pairs'])} pairs).{how}", '', '| input | mean | per seed | mAP@.5:.95 (mean) |', '|---|---|---|---|']
+    strict = rec.get('map_50_95') or {}
+    lines += [f"| {v} | {100 * np.mean(xs):.1f} | {', '.join(f'{100 * x:.1f}' for x in xs)} | "
+              f"{f'{100 * np.mean(strict[v]):.1f}' if strict.get(v) else '—'} |" for v, xs in rec['inputs'].items()]
     lines += ['', '| paired difference (points) | mean | 95% interval | ≥ 2 points? |', '|---|---|---|---|']
     lines += [f"| {k} | {pts(d['mean'])} | [{pts(d['lo'])}, {pts(d['hi'])}] | {_verdict(d)} |" for k, d in rec['paired_differences'].items()]
     if rec.get('detector_seconds'):
