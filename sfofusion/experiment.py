@@ -392,7 +392,7 @@ def downstream_markdown(rec: dict) -> str:
               f"{f'{100 * np.mean(strict[v]):.1f}' if strict.get(v) else '—'} |" for v, xs in rec['inputs'].items()]
     lines += ['', '| paired difference (points) | mean | 95% interval | ≥ 2 points? |', '|---|---|---|---|']
     lines += [f"| {k} | {pts(d['mean'])} | [{pts(d['lo'])}, {pts(d['hi'])}] | {_verdict(d)} |" for k, d in rec['paired_differences'].items()]
-    if rec.get('detector_seconds'):
+    if any(map(any, (rec.get('detector_seconds') or {}).values())):   # a retest trains nothing: no cost line
         det_s = {v: np.mean(xs) for v, xs in rec['detector_seconds'].items()}
         step = ', '.join(f"{v} {s:.2f} s" for v, s in rec.get('train_seconds_per_step', {}).items())
         total = sum(map(sum, rec['detector_seconds'].values())) / 3600
