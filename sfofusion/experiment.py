@@ -18,8 +18,8 @@ from .core import FusionInputError, atomic_write_bytes
 from .data import get_dataset, SyntheticPairs, SYNTHETIC_CLASSES, crop_boxes
 from .metrics import compute_metrics
 from .meta import MetaConfig, train_meta, MODES, head_step
-from .data import Rescaled, holdout_split, sha256_file
-from .model import SFOFusion, weights_dir
+from .data import Rescaled, holdout_split
+from .model import SFOFusion, model_files
 from .tasks import build_task, load_task, save_task
 from .train import read_names
 from .engine import check_keys, lr_schedule
@@ -305,12 +305,11 @@ def _score_input(cfg, v: str, seed: int, fuser, train: dict, val: dict, recipe, 
 
 def experiment_setup(cfg: ExperimentConfig) -> dict:
     "The settings a reader needs beside the numbers: dataset by name (not by path), scale, recipes, the start weights' hash."
-    init = cfg.fusion.get('init_weights')
-    f = next((p for p in (Path(init or ''), Path(init or '')/'model.safetensors', weights_dir()/str(init)/'model.safetensors')
-              if init and p.is_file()), None)   # a file, a run folder, or a shipped name
+    from sfofusion.data import sha256_file    # here, not at import: the dataset-fetch tools load only when a record is written
+    init = cfg.fusion.get('init_weights')     # a shipped name, a run folder or a .safetensors file, as from_pretrained takes
     return dict(dataset=cfg.data.split(':', 1)[0], scale=cfg.scale, device=cfg.device, warm_task=cfg.warm_task,
-                fusion={k: v for k, v in cfg.fusion.items() if k != 'task_cfg'}, detector=asdict(DetectorRecipe(**cfg.recipe)),
-                init_weights_sha256=sha256_file(f) if f else None)
+                fusion=dict(cfg.fusion), detector=asdict(DetectorRecipe(**cfg.recipe)),
+                init_weights_sha256=sha256_file(model_files(init, 'fusion.init_weights')[0]) if init else None)
 
 def run_experiment(cfg: ExperimentConfig) -> dict:
     "Run every variant for every seed (continuing an interrupted run); returns rows, summary and costs (also in out_dir)."

@@ -23,7 +23,7 @@ from .spectrum import (AmplitudeFusion, FrequencyGain, PhaseAlign, PhaseFusion, 
 __all__ = ['PAD', 'WEIGHTS_FILE', 'CONFIG_FILE', 'SFOFusionConfig', 'SpectralChannelGate', 'FrequencyBranch', 'edge_kernels',
            'EdgeEnhance', 'ContextBlock', 'GuidedExtractor', 'DifferenceCompensation', 'normalize_per_image',
            'compose_select', 'source_select', 'DualDomainMerge', 'SFOFusion', 'build_model', 'count_parameters',
-           'weights_dir', 'shipped_models']
+           'weights_dir', 'shipped_models', 'model_files']
 
 # %% ../nbs/03_model.ipynb #0071e759
 @dataclass
@@ -381,7 +381,7 @@ def _save_pretrained(self: SFOFusion, folder: Path|str) -> Path:
 
 
 # %% ../nbs/03_model.ipynb #c0e64b22
-def _model_files(name_or_path: Path|str, arg: str) -> tuple[Path, Path]:
+def model_files(name_or_path: Path|str, arg: str='name_or_path') -> tuple[Path, Path]:
     "(weights file, config file) named by a shipped name, a saved folder, or a `.safetensors` file beside its config.json."
     if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
         raise FusionInputError(f"`{arg}`: expected a shipped model name or a folder, got {name_or_path!r}")
@@ -447,7 +447,7 @@ def _from_pretrained(cls, name_or_path: Path|str, # a shipped name, a folder wit
                     ) -> SFOFusion:
     "Load a saved or shipped SFOFusion model (safetensors only, never pickle)."
     dev = resolve_device(device)
-    weights, config = _model_files(name_or_path, arg)
+    weights, config = model_files(name_or_path, arg)
     model = cls(_read_config(config, arg))
     _read_weights(model, weights, config, arg)
     return model.to(dev).eval()
