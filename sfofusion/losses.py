@@ -211,10 +211,6 @@ def mutual_information_loss(fused: Tensor,  # (B, C, H, W) float, finite
     if not isinstance(bins, int) or bins < 2: raise FusionInputError(f"`bins`: expected an integer >= 2, got {bins!r}")
     return _mutual_information(fused, ir, vis, bins, reduction)
 
-def _soft_mi(pa: Tensor, pb: Tensor) -> Tensor: # (B, N, bins) each -> (B,) I(A; B) in bits
-    joint = pa.transpose(1, 2) @ pb / pb.shape[1]                    # (B, bins, bins)
-    return _entropy(joint.sum(2)) + _entropy(joint.sum(1)) - _entropy(joint.flatten(1))
-
 def _mutual_information(fused, ir, vis, bins, reduction):
     f, mi, most = fused.flatten(1), 0., 0.
     for src in (ir, vis):
