@@ -37,10 +37,8 @@ def test_downstream_pairs_held_out(record):
     train, ev = set(record['train_pairs']), set(record['eval_pairs'])
     assert len(ev) == len(record['eval_pairs']) >= 60
     assert not train & ev
-    named = set()
-    for f in ('msrs_test60.txt', 'msrs_val50.txt'):
-        named |= {ln.strip() for ln in (ROOT/'data'/'splits'/f).read_text().splitlines() if ln.strip() and not ln.startswith('#')}
-    assert {Path(p).stem for p in ev} == {Path(p).stem for p in named}
+    from sfofusion.train import read_names          # the split lists read as the experiment's `eval_names` reads them
+    assert {Path(p).stem for p in ev} == read_names([f'@{ROOT}/data/splits/msrs_test60.txt', f'@{ROOT}/data/splits/msrs_val50.txt'])
 
 
 def test_downstream_differences_recomputed(record):
