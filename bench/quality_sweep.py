@@ -77,6 +77,21 @@ FINETUNES = {
     'ft_ssim2_edge2_mi01': dict(loss=dict(ssim=2., edge_preservation=2., mutual_information=0.1)),
     'ft_ssim3_edge2_mi01': dict(loss=dict(ssim=3., edge_preservation=2., mutual_information=0.1)),
     'ft_ssim2_edge1_mi01': dict(loss=dict(ssim=2., edge_preservation=1., mutual_information=0.1)),
+    # round 5 (2026-12-01): a stronger `ssim` term could not hold SSIM and SCD without losing SF, AG and EN, because
+    # it is not the evaluator's SSIM. The two metrics themselves as terms (06_losses), beside round 3's best
+    'ft_ssim1_edge2_mi01_scd2': dict(loss=dict(ssim=1., edge_preservation=2., mutual_information=0.1, difference_correlation=2.)),
+    'ft_ssim1_edge2_mi01_mssim2': dict(loss=dict(ssim=1., edge_preservation=2., mutual_information=0.1, metric_ssim=2.)),
+    'ft_ssim1_edge2_mi01_mssim2_scd2': dict(loss=dict(ssim=1., edge_preservation=2., mutual_information=0.1, metric_ssim=2.,
+                                                      difference_correlation=2.)),
+    'ft_ssim1_mssim2_scd2': dict(loss=dict(ssim=1., metric_ssim=2., difference_correlation=2.)),
+    # round 6: the SCD term at 2 overshoots (SCD 1.91-1.94, MI -0.4 to -0.6); the metric's SSIM held SSIM (1.004) beside
+    # the edge and MI terms, but SF and AG still fell. The metric's SSIM alone, in place of `ssim`, beside MI alone, and
+    # round 5's best with a light SCD term
+    'ft_ssim1_mssim2':     dict(loss=dict(ssim=1., metric_ssim=2.)),
+    'ft_mssim2':           dict(loss=dict(ssim=0., metric_ssim=2.)),
+    'ft_ssim1_mi01_mssim2': dict(loss=dict(ssim=1., mutual_information=0.1, metric_ssim=2.)),
+    'ft_ssim1_edge2_mi01_mssim2_scd025': dict(loss=dict(ssim=1., edge_preservation=2., mutual_information=0.1, metric_ssim=2.,
+                                                        difference_correlation=0.25)),
 }
 ABLATIONS = {'no_frequency': dict(use_frequency=False), 'no_compensation': dict(use_compensation=False)}
 

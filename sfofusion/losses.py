@@ -15,12 +15,13 @@ import torch.nn as nn
 from torch import Tensor
 
 from .core import FusionInputError, check_image
-from .metrics import QABF_GRADIENT, QABF_ORIENTATION
+from .metrics import QABF_GRADIENT, QABF_ORIENTATION, SSIM_WIN, _ssim_stats, _ssim_from_stats
 
 # %% auto #0
-__all__ = ['REDUCTIONS', 'GRADIENT_MODES', 'MAGNITUDE_EPS', 'EDGE_EPS', 'MI_BINS', 'TERMS', 'intensity_loss', 'sobel_gradient',
-           'sobel_magnitude', 'gradient_loss', 'ssim_loss', 'log_magnitude_spectrum', 'frequency_loss', 'edge_angle',
-           'edge_preservation_loss', 'mutual_information_loss', 'LossConfig', 'fusion_loss', 'FusionLoss']
+__all__ = ['REDUCTIONS', 'GRADIENT_MODES', 'MAGNITUDE_EPS', 'EDGE_EPS', 'MI_BINS', 'CORRELATION_EPS', 'TERMS', 'intensity_loss',
+           'sobel_gradient', 'sobel_magnitude', 'gradient_loss', 'ssim_loss', 'log_magnitude_spectrum',
+           'frequency_loss', 'edge_angle', 'edge_preservation_loss', 'mutual_information_loss', 'metric_ssim_loss',
+           'difference_correlation_loss', 'LossConfig', 'fusion_loss', 'FusionLoss']
 
 # %% ../nbs/06_losses.ipynb #3ff9aeb5
 REDUCTIONS = ('mean', 'sum', 'none')
@@ -219,8 +220,48 @@ def _mutual_information(fused, ir, vis, bins, reduction):
         with torch.no_grad(): most = most + _mi(s, s, bins)         # what a copy of the source tells of it: H(S) for 8-bit S
     return _reduce((1 - mi / most.clamp_min(1e-12))[:, None], reduction)
 
+# %% ../nbs/06_losses.ipynb #8110ab51
+def metric_ssim_loss(fused: Tensor,  # (B, C, H, W) float, finite, H, W >= 7
+                     ir: Tensor,     # (B, C, H, W) float in [0, 1]
+                     vis: Tensor,    # (B, C, H, W) float in [0, 1]
+                     reduction: str='mean', # 'mean', 'sum' or 'none'
+                    ) -> Tensor:
+    "1 - the evaluator's SSIM / 2: (SSIM(F, IR) + SSIM(F, VIS)) / 2 with its 7x7 uniform window and constants (L = 2 grey levels)."
+    _check_sources(fused, ir, vis)
+    return _metric_ssim(fused, ir, vis, reduction)
+
+def _metric_ssim(fused, ir, vis, reduction):
+    B, C, H, W = fused.shape
+    if min(H, W) < SSIM_WIN:
+        raise FusionInputError(f"`fused`: images of {(H, W)} are too small for the evaluator's SSIM window (need at least {SSIM_WIN} pixels per side)")
+    f = 255 * fused.reshape(B * C, 1, H, W)                                # grey levels, as the evaluator sees them
+    s = 255 * torch.stack([ir, vis], 2).reshape(B * C, 2, H, W)
+    per_source = _ssim_from_stats(_ssim_stats(f, s, float64=True), 2.)     # (B*C, 2) float64
+    return _reduce((1 - per_source.mean(1)).view(B, C).to(fused.dtype), reduction)
+
+CORRELATION_EPS = 1e-12  # under the square root of a correlation's denominator: a constant image correlates 0
+
+def _correlation(x: Tensor, y: Tensor) -> Tensor: # (B, ...) each -> (B,) Pearson correlation over all but the batch axis
+    x, y = x.flatten(1), y.flatten(1)
+    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+    return (x * y).sum(1) / ((x * x).sum(1) * (y * y).sum(1) + CORRELATION_EPS).sqrt()
+
+def difference_correlation_loss(fused: Tensor,  # (B, C, H, W) float, finite
+                                ir: Tensor,     # (B, C, H, W) float in [0, 1]
+                                vis: Tensor,    # (B, C, H, W) float in [0, 1]
+                                reduction: str='mean', # 'mean', 'sum' or 'none'
+                               ) -> Tensor:
+    "1 - SCD / 2, SCD = r(F - VIS, IR) + r(F - IR, VIS) over each image's pixels (the sum of the correlations of differences)."
+    _check_sources(fused, ir, vis)
+    return _difference_correlation(fused, ir, vis, reduction)
+
+def _difference_correlation(fused, ir, vis, reduction):
+    scd = _correlation(fused - vis, ir) + _correlation(fused - ir, vis)
+    return _reduce((1 - scd / 2)[:, None], reduction)
+
 # %% ../nbs/06_losses.ipynb #39fdce8f
-TERMS = ('intensity', 'gradient', 'ssim', 'frequency', 'edge_preservation', 'mutual_information')  # weighted terms, in order
+TERMS = ('intensity', 'gradient', 'ssim', 'frequency', 'edge_preservation', 'mutual_information', 'metric_ssim',
+         'difference_correlation')  # weighted terms, in order
 
 @dataclass
 class LossConfig:
@@ -231,6 +272,8 @@ class LossConfig:
     frequency: float = 0.    # log-amplitude spectrum term: measured neutral in the sweep (v14), so off
     edge_preservation: float = 0. # 1 - Qabf (differentiable): edges of both sources kept in strength and orientation
     mutual_information: float = 0. # 1 - normalised soft MI with the sources: grey levels that stay a function of theirs
+    metric_ssim: float = 0.  # 1 - the evaluator's SSIM / 2 (7x7 uniform window, near-zero constants): local correlation
+    difference_correlation: float = 0. # 1 - SCD / 2: what F adds to one source looks like the other
     gradient_mode: str = 'signed' # 'signed': (dx, dy) of the stronger source; 'magnitude': |dx|+|dy| of the max
     gradient_gain: float = 1.2  # scale of the gradient target: edges 20% stronger than the stronger source's
     ssim_ir_weight: float = 0.5 # share of IR in the SSIM term
@@ -265,7 +308,9 @@ def fusion_loss(fused: Tensor,  # (B, C, H, W) float, finite
         ssim=lambda: _ssim(fused, ir, vis, c.ssim_ir_weight, c.ssim_window, reduction),
         frequency=lambda: _frequency(fused, ir, vis, reduction),
         edge_preservation=lambda: _edge_preservation(fused, ir, vis, reduction),
-        mutual_information=lambda: _mutual_information(fused, ir, vis, MI_BINS, reduction))
+        mutual_information=lambda: _mutual_information(fused, ir, vis, MI_BINS, reduction),
+        metric_ssim=lambda: _metric_ssim(fused, ir, vis, reduction),
+        difference_correlation=lambda: _difference_correlation(fused, ir, vis, reduction))
     total, parts = 0., {}
     for name, term in terms.items():
         weight = getattr(c, name)

@@ -6,8 +6,9 @@ from torch.autograd import gradcheck
 
 from sfofusion.core import FusionInputError
 from sfofusion.data import synthetic_pair
-from sfofusion.losses import (MAGNITUDE_EPS, FusionLoss, LossConfig, frequency_loss, fusion_loss, gradient_loss,
-                              intensity_loss, log_magnitude_spectrum, sobel_magnitude, ssim_loss)
+from sfofusion.losses import (MAGNITUDE_EPS, FusionLoss, LossConfig, difference_correlation_loss, edge_preservation_loss,
+                              frequency_loss, fusion_loss, gradient_loss, intensity_loss, log_magnitude_spectrum,
+                              metric_ssim_loss, mutual_information_loss, sobel_magnitude, ssim_loss)
 
 TERMS = dict(intensity=intensity_loss, gradient=gradient_loss, ssim=ssim_loss, frequency=frequency_loss)
 ALL_ON = LossConfig(intensity=1., gradient=10., ssim=1., frequency=0.5)
@@ -224,3 +225,44 @@ def test_gradient_target_gradcheck_and_config_errors():
     with pytest.raises(FusionInputError, match='gradient_mode'): LossConfig(gradient_mode='l2')
     with pytest.raises(FusionInputError, match='gradient_gain'): LossConfig(gradient_gain=0)
     with pytest.raises(FusionInputError, match='`mode`'): gradient_loss(f, ir, vis, mode='abs')
+
+
+# ---------------------------------------------------------------- the metric-aligned terms (off by default)
+
+ALIGNED = dict(edge_preservation=edge_preservation_loss, mutual_information=mutual_information_loss,
+               metric_ssim=metric_ssim_loss, difference_correlation=difference_correlation_loss)
+ALIGNED_ON = LossConfig(intensity=1., gradient=10., ssim=1., edge_preservation=2., mutual_information=0.1, metric_ssim=2.,
+                        difference_correlation=2., ssim_window=7)
+
+@pytest.mark.parametrize('name', list(ALIGNED))
+def test_aligned_terms_per_image_and_finite_on_flat_crops(name):
+    fn = ALIGNED[name]
+    f, ir, vis = pair(b=3, seed=5)
+    per = fn(f, ir, vis, reduction='none')
+    assert per.shape == (3,)
+    torch.testing.assert_close(per, torch.cat([fn(f[i:i + 1], ir[i:i + 1], vis[i:i + 1], reduction='none') for i in range(3)]))
+    f2 = f.clone(); f2[1:] = torch.rand(2, 1, 24, 28)
+    torch.testing.assert_close(fn(f2, ir, vis, reduction='none')[0], per[0])
+    torch.testing.assert_close(fn(f, ir, vis), per.mean())
+    for value in (0., 0.5, 1.):              # a flat training crop: a flat source, or everything flat
+        x = torch.full((1, 1, 16, 16), value, requires_grad=True)
+        flat = torch.full((1, 1, 16, 16), value)
+        for src in ((flat, vis[:1, :, :16, :16]), (flat, flat)):
+            x.grad = None
+            loss = fn(x, *src)
+            loss.backward()
+            assert torch.isfinite(loss) and torch.isfinite(x.grad).all(), (name, value)
+
+def test_aligned_terms_in_the_fusion_loss():
+    f, ir, vis = pair(b=2, h=12, w=13, seed=6)
+    total, parts = fusion_loss(f, ir, vis, ALIGNED_ON)
+    assert set(ALIGNED) <= set(parts)
+    weights = {k: getattr(ALIGNED_ON, k) for k in parts}
+    torch.testing.assert_close(total, sum(weights[k] * v for k, v in parts.items()))
+    for k, fn in ALIGNED.items(): torch.testing.assert_close(parts[k], fn(f, ir, vis))
+    f64, a, b = (x[:1].double() for x in (f, ir, vis))
+    assert gradcheck(lambda x: fusion_loss(x, a, b, ALIGNED_ON)[0], ((0.1 + 0.8 * f64).requires_grad_(True),), atol=1e-4)
+    total3, parts3 = fusion_loss(*(x.repeat(1, 3, 1, 1) for x in (f, ir, vis)), ALIGNED_ON)   # channels: per image
+    assert total3.ndim == 0 and torch.isfinite(total3)
+    with pytest.raises(FusionInputError, match="evaluator's SSIM window"): metric_ssim_loss(*(x[..., :6, :6] for x in (f, ir, vis)))
+    with pytest.raises(FusionInputError, match='LossConfig.difference_correlation'): LossConfig(difference_correlation=-1.)
