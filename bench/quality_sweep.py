@@ -92,6 +92,15 @@ FINETUNES = {
     'ft_ssim1_mi01_mssim2': dict(loss=dict(ssim=1., mutual_information=0.1, metric_ssim=2.)),
     'ft_ssim1_edge2_mi01_mssim2_scd025': dict(loss=dict(ssim=1., edge_preservation=2., mutual_information=0.1, metric_ssim=2.,
                                                         difference_correlation=0.25)),
+    # round 7: the metric's SSIM in place of `ssim` kept more SF, AG, EN and Qabf than beside it (ft_mssim2 vs
+    # ft_ssim1_mssim2), and the light SCD term held SCD with the edge and MI terms (ft_..._scd025, 6.11) but SF and AG
+    # fell. Without `ssim`; with a stronger gradient target; lighter; and ft_mssim2 for 2,000 steps
+    'ft_edge2_mi01_mssim2_scd025': dict(loss=dict(ssim=0., edge_preservation=2., mutual_information=0.1, metric_ssim=2.,
+                                                  difference_correlation=0.25)),
+    'ft_edge2_mi01_mssim2_scd025_gain13': dict(loss=dict(ssim=0., edge_preservation=2., mutual_information=0.1, metric_ssim=2.,
+                                                         difference_correlation=0.25, gradient_gain=1.3)),
+    'ft_edge1_mssim2_scd025': dict(loss=dict(ssim=0., edge_preservation=1., metric_ssim=2., difference_correlation=0.25)),
+    'ft_mssim2_2000':      dict(loss=dict(ssim=0., metric_ssim=2.), steps=2000),
 }
 ABLATIONS = {'no_frequency': dict(use_frequency=False), 'no_compensation': dict(use_compensation=False)}
 
