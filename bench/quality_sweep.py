@@ -108,6 +108,10 @@ FINETUNES = {
                                                               metric_ssim=2., difference_correlation=0.25, gradient_gain=1.3), steps=2000),
     'ft_edge2_mi01_mssim3_scd025_gain13': dict(loss=dict(ssim=0., edge_preservation=2., mutual_information=0.1, metric_ssim=3.,
                                                          difference_correlation=0.25, gradient_gain=1.3)),
+    # round 9: length checks of the two leaders, after round 8 (ft_mssim2_2000 5.56, shipped; the line above 5.61)
+    'ft_edge2_mi01_mssim3_scd025_gain13_2000': dict(loss=dict(ssim=0., edge_preservation=2., mutual_information=0.1,
+                                                              metric_ssim=3., difference_correlation=0.25, gradient_gain=1.3), steps=2000),
+    'ft_mssim2_3000':      dict(loss=dict(ssim=0., metric_ssim=2.), steps=3000),
 }
 ABLATIONS = {'no_frequency': dict(use_frequency=False), 'no_compensation': dict(use_compensation=False)}
 
