@@ -78,7 +78,9 @@ FINETUNES = {
     'ft_ssim3_edge2_mi01': dict(loss=dict(ssim=3., edge_preservation=2., mutual_information=0.1)),
     'ft_ssim2_edge1_mi01': dict(loss=dict(ssim=2., edge_preservation=1., mutual_information=0.1)),
     # round 5 (2026-12-01): a stronger `ssim` term could not hold SSIM and SCD without losing SF, AG and EN, because
-    # it is not the evaluator's SSIM. The two metrics themselves as terms (06_losses), beside round 3's best
+    # it is not the evaluator's SSIM. The two metrics themselves as terms (06_losses), beside round 3's best.
+    # (After round 9 the SCD term's guard for flat images changed from 1e-12 under the square root to 'spread under
+    # half a grey level correlates 0'; its rows were trained before, and a rerun can differ where a crop is that flat.)
     'ft_ssim1_edge2_mi01_scd2': dict(loss=dict(ssim=1., edge_preservation=2., mutual_information=0.1, difference_correlation=2.)),
     'ft_ssim1_edge2_mi01_mssim2': dict(loss=dict(ssim=1., edge_preservation=2., mutual_information=0.1, metric_ssim=2.)),
     'ft_ssim1_edge2_mi01_mssim2_scd2': dict(loss=dict(ssim=1., edge_preservation=2., mutual_information=0.1, metric_ssim=2.,

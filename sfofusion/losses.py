@@ -18,7 +18,7 @@ from .core import FusionInputError, check_image
 from .metrics import QABF_GRADIENT, QABF_ORIENTATION, SSIM_WIN, _ssim_stats, _ssim_from_stats
 
 # %% auto #0
-__all__ = ['REDUCTIONS', 'GRADIENT_MODES', 'MAGNITUDE_EPS', 'EDGE_EPS', 'MI_BINS', 'CORRELATION_EPS', 'TERMS', 'intensity_loss',
+__all__ = ['REDUCTIONS', 'GRADIENT_MODES', 'MAGNITUDE_EPS', 'EDGE_EPS', 'MI_BINS', 'FLAT_VARIANCE', 'TERMS', 'intensity_loss',
            'sobel_gradient', 'sobel_magnitude', 'gradient_loss', 'ssim_loss', 'log_magnitude_spectrum',
            'frequency_loss', 'edge_angle', 'edge_preservation_loss', 'mutual_information_loss', 'metric_ssim_loss',
            'difference_correlation_loss', 'LossConfig', 'fusion_loss', 'FusionLoss']
@@ -226,7 +226,7 @@ def metric_ssim_loss(fused: Tensor,  # (B, C, H, W) float, finite, H, W >= 7
                      vis: Tensor,    # (B, C, H, W) float in [0, 1]
                      reduction: str='mean', # 'mean', 'sum' or 'none'
                     ) -> Tensor:
-    "1 - the evaluator's SSIM / 2: (SSIM(F, IR) + SSIM(F, VIS)) / 2 with its 7x7 uniform window and constants (L = 2 grey levels)."
+    "1 - the evaluator's SSIM / 2: (SSIM(F, IR) + SSIM(F, VIS)) / 2 with its 7x7 uniform window and constants (L = 2 grey levels), per channel, then averaged."
     _check_sources(fused, ir, vis)
     return _metric_ssim(fused, ir, vis, reduction)
 
@@ -234,24 +234,28 @@ def _metric_ssim(fused, ir, vis, reduction):
     B, C, H, W = fused.shape
     if min(H, W) < SSIM_WIN:
         raise FusionInputError(f"`fused`: images of {(H, W)} are too small for the evaluator's SSIM window (need at least {SSIM_WIN} pixels per side)")
-    f = 255 * fused.reshape(B * C, 1, H, W)                                # grey levels, as the evaluator sees them
-    s = 255 * torch.stack([ir, vis], 2).reshape(B * C, 2, H, W)
+    f = fused.double().reshape(B * C, 1, H, W) * 255                       # grey levels, as the evaluator sees them
+    s = torch.stack([ir, vis], 2).double().reshape(B * C, 2, H, W) * 255
     per_source = _ssim_from_stats(_ssim_stats(f, s, float64=True), 2.)     # (B*C, 2) float64
     return _reduce((1 - per_source.mean(1)).view(B, C).to(fused.dtype), reduction)
 
-CORRELATION_EPS = 1e-12  # under the square root of a correlation's denominator: a constant image correlates 0
+FLAT_VARIANCE = (0.5 / 255) ** 2  # an image whose variance is below (half a grey level)^2 is flat: it correlates 0
 
 def _correlation(x: Tensor, y: Tensor) -> Tensor: # (B, ...) each -> (B,) Pearson correlation over all but the batch axis
+    "Pearson correlation; 0, with no derivative, where x or y is flat, so the derivative stays bounded near flat images."
     x, y = x.flatten(1), y.flatten(1)
     x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
-    return (x * y).sum(1) / ((x * x).sum(1) * (y * y).sum(1) + CORRELATION_EPS).sqrt()
+    sxx, syy = (x * x).sum(1), (y * y).sum(1)
+    flat = (sxx < FLAT_VARIANCE * x.shape[1]) | (syy < FLAT_VARIANCE * y.shape[1])
+    den = torch.where(flat, torch.ones_like(sxx), sxx * syy).sqrt()
+    return torch.where(flat, torch.zeros_like(sxx), (x * y).sum(1) / den)
 
 def difference_correlation_loss(fused: Tensor,  # (B, C, H, W) float, finite
                                 ir: Tensor,     # (B, C, H, W) float in [0, 1]
                                 vis: Tensor,    # (B, C, H, W) float in [0, 1]
                                 reduction: str='mean', # 'mean', 'sum' or 'none'
                                ) -> Tensor:
-    "1 - SCD / 2, SCD = r(F - VIS, IR) + r(F - IR, VIS) over each image's pixels (the sum of the correlations of differences)."
+    "1 - SCD / 2, SCD = r(F - VIS, IR) + r(F - IR, VIS) over all pixels and channels of each image (the sum of the correlations of differences)."
     _check_sources(fused, ir, vis)
     return _difference_correlation(fused, ir, vis, reduction)
 

@@ -252,6 +252,12 @@ def test_aligned_terms_per_image_and_finite_on_flat_crops(name):
             loss = fn(x, *src)
             loss.backward()
             assert torch.isfinite(loss) and torch.isfinite(x.grad).all(), (name, value)
+    if name == 'difference_correlation':   # near a flat difference the derivative would grow as 1 / spread: bounded
+        c = torch.full((1, 1, 16, 16), 0.3)
+        for f0 in (c, c + 1e-4 * torch.rand(1, 1, 16, 16), c + 0.01 * torch.rand(1, 1, 16, 16)):
+            x = f0.clone().requires_grad_(True)
+            fn(x, c, vis[:1, :, :16, :16]).backward()
+            assert x.grad.abs().max() < 100, float(x.grad.abs().max())
 
 def test_aligned_terms_in_the_fusion_loss():
     f, ir, vis = pair(b=2, h=12, w=13, seed=6)
@@ -262,7 +268,12 @@ def test_aligned_terms_in_the_fusion_loss():
     for k, fn in ALIGNED.items(): torch.testing.assert_close(parts[k], fn(f, ir, vis))
     f64, a, b = (x[:1].double() for x in (f, ir, vis))
     assert gradcheck(lambda x: fusion_loss(x, a, b, ALIGNED_ON)[0], ((0.1 + 0.8 * f64).requires_grad_(True),), atol=1e-4)
-    total3, parts3 = fusion_loss(*(x.repeat(1, 3, 1, 1) for x in (f, ir, vis)), ALIGNED_ON)   # channels: per image
-    assert total3.ndim == 0 and torch.isfinite(total3)
+    total3, parts3 = fusion_loss(*(x.repeat(1, 3, 1, 1) for x in (f, ir, vis)), ALIGNED_ON)   # repeated channels: the same
+    torch.testing.assert_close(total3, total)
+    for k in parts: torch.testing.assert_close(parts3[k], parts[k])
+    extra = [pair(b=2, h=12, w=13, seed=s) for s in (7, 8)]                       # two more channels per image
+    f3, ir3, vis3 = (torch.cat(chans, 1) for chans in zip((f, ir, vis), *extra))
+    torch.testing.assert_close(metric_ssim_loss(f3, ir3, vis3, reduction='none'),   # distinct channels: their mean
+                               torch.stack([metric_ssim_loss(f3[:, c:c + 1], ir3[:, c:c + 1], vis3[:, c:c + 1], reduction='none') for c in range(3)]).mean(0))
     with pytest.raises(FusionInputError, match="evaluator's SSIM window"): metric_ssim_loss(*(x[..., :6, :6] for x in (f, ir, vis)))
     with pytest.raises(FusionInputError, match='LossConfig.difference_correlation'): LossConfig(difference_correlation=-1.)
