@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .core import FusionInputError, check_image
-from .metrics import QABF_GRADIENT, QABF_ORIENTATION, SSIM_WIN, _ssim_stats, _ssim_from_stats
+from .metrics import QABF_GRADIENT, QABF_ORIENTATION, SSIM_WIN, _scd, _ssim_stats, _ssim_from_stats
 
 # %% auto #0
 __all__ = ['REDUCTIONS', 'GRADIENT_MODES', 'MAGNITUDE_EPS', 'EDGE_EPS', 'MI_BINS', 'FLAT_VARIANCE', 'TERMS', 'intensity_loss',
@@ -241,15 +241,6 @@ def _metric_ssim(fused, ir, vis, reduction):
 
 FLAT_VARIANCE = (0.5 / 255) ** 2  # an image whose variance is below (half a grey level)^2 is flat: it correlates 0
 
-def _correlation(x: Tensor, y: Tensor) -> Tensor: # (B, ...) each -> (B,) Pearson correlation over all but the batch axis
-    "Pearson correlation; 0, with no derivative, where x or y is flat, so the derivative stays bounded near flat images."
-    x, y = x.flatten(1), y.flatten(1)
-    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
-    sxx, syy = (x * x).sum(1), (y * y).sum(1)
-    flat = (sxx < FLAT_VARIANCE * x.shape[1]) | (syy < FLAT_VARIANCE * y.shape[1])
-    den = torch.where(flat, torch.ones_like(sxx), sxx * syy).sqrt()
-    return torch.where(flat, torch.zeros_like(sxx), (x * y).sum(1) / den)
-
 def difference_correlation_loss(fused: Tensor,  # (B, C, H, W) float, finite
                                 ir: Tensor,     # (B, C, H, W) float in [0, 1]
                                 vis: Tensor,    # (B, C, H, W) float in [0, 1]
@@ -260,7 +251,7 @@ def difference_correlation_loss(fused: Tensor,  # (B, C, H, W) float, finite
     return _difference_correlation(fused, ir, vis, reduction)
 
 def _difference_correlation(fused, ir, vis, reduction):
-    scd = _correlation(fused - vis, ir) + _correlation(fused - ir, vis)
+    scd = _scd(fused, ir, vis, flat=FLAT_VARIANCE)         # the metric's own SCD, with the flat guard
     return _reduce((1 - scd / 2)[:, None], reduction)
 
 # %% ../nbs/06_losses.ipynb #39fdce8f

@@ -144,10 +144,14 @@ def mutual_information(
     return _reduce(torch.stack([_mutual_info(fl, _levels(a)), _mutual_info(fl, _levels(b))], 1), reduce_sources) * MI_UNITS[unit]
 
 # %% ../nbs/01_metrics.ipynb #bd8e708e
-def _pearson(x, y):
+def _pearson(x, y, flat: float|None=None):
+    "Correlation over all but the batch axis. `flat` (a variance, for losses): 0, with no derivative, where x or y varies less."
     x = x.flatten(1); y = y.flatten(1)
     x = x - x.mean(1, keepdim=True); y = y - y.mean(1, keepdim=True)
-    return (x * y).sum(1) / ((x * x).sum(1) * (y * y).sum(1)).sqrt()
+    sxx, syy = (x * x).sum(1), (y * y).sum(1)
+    if flat is None: return (x * y).sum(1) / (sxx * syy).sqrt()   # the evaluator's: NaN where x or y is constant
+    low = (sxx < flat * x.shape[1]) | (syy < flat * y.shape[1])
+    return torch.where(low, torch.zeros_like(sxx), (x * y).sum(1) / torch.where(low, torch.ones_like(sxx), sxx * syy).sqrt())
 
 def pearson(
     x: Tensor, # (B, 1, H, W) grey levels 0-255
@@ -158,7 +162,7 @@ def pearson(
     check_same_size(x, y, 'x', 'y')
     return _pearson(x, y)
 
-def _scd(f, a, b): return _pearson(f - b, a) + _pearson(f - a, b)
+def _scd(f, a, b, flat=None): return _pearson(f - b, a, flat) + _pearson(f - a, b, flat)
 def _cc(f, a, b): return (_pearson(a, f) + _pearson(b, f)) / 2
 
 def scd(fused: Tensor, ir: Tensor, vis: Tensor) -> Tensor: # each (B, 1, H, W) grey levels 0-255 -> (B,) float64
