@@ -380,7 +380,8 @@ def _verdict(d: dict, need: float=0.02) -> str:
 def downstream_markdown(rec: dict) -> str:
     "The README section for a downstream record: means per input, paired differences with 95% intervals, the answer."
     pts = lambda v: f"{100 * v:+.1f}"
-    su, det = rec.get('setup') or {}, (rec.get('setup') or {}).get('detector') or {}
+    su = rec.get('setup') or {}
+    det = su.get('detector') or {}
     how = (f" Inputs at scale {su['scale']:g}; detectors from scratch, {det.get('steps')} steps of {det.get('batch_size')} × "
            f"{det.get('crop') or 'whole'}{'²' if det.get('crop') else ''} crops; fusion variants {su.get('fusion', {}).get('steps')} "
            f"steps on {su.get('device')}." if su else '')
