@@ -10,7 +10,7 @@ unsharp mask (a residual that only amplifies, with no network) at two radii and 
 Scores: the evaluator's 9 metrics on the 50 MSRS validation pairs and the 20 TNO pairs (never the test pairs), as
 bench/quality_sweep.py scores its variants. Writes bench/results/quality_sweep/residual_scale.json and prints a table.
 """
-import argparse, json, os
+import argparse, json
 from pathlib import Path
 
 import kornia
@@ -28,9 +28,10 @@ class ScaledResidual(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, ir, vis):
+        from sfofusion.model import compose_select
         a = self.net.forward_aux(ir, vis)
         s = (a['select'] > 0.5).to(ir.dtype) if self.hard else a['select']
-        return torch.clamp(vis + s * (ir - vis) + self.beta * a['residual'], 0, 1)
+        return compose_select(ir, vis, s, self.beta * a['residual'])[0]   # the network's own output step
 
 
 class UnsharpMax(torch.nn.Module):
@@ -50,6 +51,7 @@ def main():
     p.add_argument('--out', type=Path, default=ROOT/'bench'/'results'/'quality_sweep'/'residual_scale.json')
     a = p.parse_args()
     torch.set_num_threads(1)
+    from sfofusion.core import atomic_write_bytes
     from sfofusion.model import SFOFusion
     net = SFOFusion.from_pretrained(a.model).eval()
     fusers = {f'beta {b:g}': ScaledResidual(net, b) for b in (1., 0.75, 0.5, 0.)}
@@ -59,8 +61,7 @@ def main():
     for name, f in fusers.items():
         rows[name] = score(f)
         print(name, flush=True)
-    tmp = a.out.with_suffix('.tmp')
-    tmp.write_text(json.dumps(dict(model=str(a.model), rows=rows), indent=1)); os.replace(tmp, a.out)
+    atomic_write_bytes(a.out, json.dumps(dict(model=str(a.model), rows=rows), indent=1).encode())
     print('| fused by | set | ' + ' | '.join(METRICS) + ' |\n|' + '---|' * (len(METRICS) + 2))
     for name, r in rows.items():
         for s, v in r.items(): print(f"| {name} | {s} | " + ' | '.join(f"{v[m]:.3f}" for m in METRICS) + ' |')
