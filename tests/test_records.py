@@ -54,3 +54,54 @@ def test_readme_carries_the_record(record):
     from sfofusion.experiment import downstream_markdown
     assert downstream_markdown(record) in (ROOT/'README.md').read_text(), \
         "README's downstream section differs from downstream_markdown(figures/downstream.json): paste the new one"
+
+
+# --- the fusion-quality sweep (issue 11): the shipped `msrs` is the validation criterion's choice ------------------
+SWEEP = ROOT/'bench'/'results'/'quality_sweep'
+
+
+def _sweep_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('quality_sweep', ROOT/'bench'/'quality_sweep.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(name, msrs, tno, kind='fine-tune'):
+    "A sweep row whose 9 metrics are all `msrs` on MSRS val50 and `tno` on TNO (lists give them one by one)."
+    val = lambda v: dict(zip(('EN', 'SD', 'SF', 'AG', 'MI', 'SCD', 'VIF', 'Qabf', 'SSIM'), v if isinstance(v, list) else [v]*9))
+    return dict(name=name, kind=kind, steps=1000, val={'msrs_val50': val(msrs), 'tno': val(tno)})
+
+
+def test_criterion_v2_counts_wins_per_set():
+    q = _sweep_module()
+    inc, mx = _row(q.INCUMBENT_ROW, 1., 1.), _row('max', 0., 0.)
+    five_of_nine = [2.]*5 + [0.]*4
+    rows = {'max': mx, inc['name']: inc,
+            'all_better': _row('all_better', 2., 2.),
+            'ties': _row('ties', 1., 1.),                          # ties count as wins (the bar reads >=): 18
+            'one_set': _row('one_set', 3., five_of_nine),           # 14 wins, but only 5 on TNO: does not qualify
+            'variant': _row('variant', 9., 9., kind=None)}          # not a fine-tune: never chosen
+    s = q.summarize(rows, 1000)
+    by = {r['name']: r for r in s['rows']}
+    assert by['one_set']['wins_vs_incumbent'] == {'msrs_val50': 9, 'tno': 5} and not by['one_set']['qualifies']
+    assert by['all_better']['qualifies'] and by['ties']['qualifies']
+    assert s['winner_v2'] in ('all_better', 'ties')                 # 18 wins each; the mean rank breaks the tie
+    assert s['winner_v2'] == 'all_better'
+    rows.pop('all_better'); rows.pop('ties')
+    assert q.summarize(rows, 1000)['winner_v2'] == q.INCUMBENT_ROW   # no qualifier: the incumbent stays
+
+
+def test_shipped_msrs_is_the_sweeps_choice():
+    "The committed sweep record names the fine-tune that bench/configs/msrs_finetune.yaml trains, recipe for recipe."
+    rec = json.loads((SWEEP/'results.json').read_text())
+    q = _sweep_module()
+    rows = {f.stem: json.loads(f.read_text()) for f in sorted((SWEEP/'rows').glob('*.json'))}
+    again = q.summarize(rows, rec['steps'])
+    assert again['winner_v2'] == rec['winner_v2'], "results.json is stale: rerun bench/quality_sweep.py to resummarise"
+    from sfofusion.train import TrainConfig
+    ship = TrainConfig.load(ROOT/'bench'/'configs'/'msrs_finetune.yaml')
+    chosen = rows[rec['winner_v2']]
+    spec = {**q.FINETUNES[chosen['name']]}
+    assert ship.loss == spec.get('loss', {}) and ship.steps == chosen['steps']
+    assert ship.lr == chosen['lr'] and Path(ship.init_weights) == Path(chosen['init_weights'])
