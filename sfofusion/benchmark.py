@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .core import FusionInputError, atomic_write_bytes, find_pairs, load_image, load_pair, save_image
 from .evaluate import evaluate_folders
+from .experiment import paired_interval
 from .flops import count_flops
 from .fuse import fuse_folder
 from .metrics import METRICS
@@ -26,7 +27,8 @@ from .train import read_names
 # %% auto #0
 __all__ = ['PUBLISHED', 'SET_ROOTS', 'evenly', 'BenchSet', 'benchmark_set', 'method_dir', 'fuse_set', 'ScoreCache', 'mean_scores',
            'per_image_csv', 'reference_deviation', 'published_costs', 'cpu_times', 'method_costs', 'means_table',
-           'cost_table', 'warm_window', 'qualitative_figure']
+           'cost_table', 'paired_comparison', 'comparison_counts', 'comparison_table', 'warm_window',
+           'qualitative_figure']
 
 # %% ../nbs/14a_benchmark.ipynb #0758fa2d
 PUBLISHED = {'ReFusion': 'refusion', 'SeAFusion': 'seafusion', 'SFDFusion': 'sfdfusion'}  # name -> reference/fused/<dir>
@@ -175,6 +177,42 @@ def cost_table(cost: dict) -> str:
     rows = ''.join(f"| {m} | {_fmt(c['params'], '{:,}')} | {_fmt(c['flops'] / 1e9 if c.get('flops') is not None else None, '{:.3f}')} "
                    f"| {_fmt(c['cpu_s'], '{:.3f}')} | {c['source']} |\n" for m, c in cost.items())
     return '| method | params | GFLOPs (640×480) | CPU s / pair | source |\n|---|---|---|---|---|\n' + rows
+
+# %% ../nbs/14a_benchmark.ipynb #792a4b34
+def paired_comparison(per_image: dict,  # method -> image -> metric -> value; every method scored on the same images
+                      ours: str,        # the method compared, a key of per_image
+                      others: list,     # the methods it is compared with
+                      metrics: tuple=METRICS,
+                     ) -> dict:         # other -> metric -> dict(mean, lo, hi, n, share)
+    "Per-pair differences ours − other: their mean, 95% t-interval (lo, hi), and the share of pairs where ours >= other."
+    if ours not in per_image: raise FusionInputError(f"ours: expected one of {sorted(per_image)}, got {ours!r}")
+    names = sorted(per_image[ours])
+    res = {}
+    for o in others:
+        if o not in per_image: raise FusionInputError(f"others: expected methods of {sorted(per_image)}, got {o!r}")
+        if sorted(per_image[o]) != names:
+            raise FusionInputError(f"per_image[{o!r}]: expected the {len(names)} images of {ours!r}, got {len(per_image[o])} other or different images")
+        res[o] = {}
+        for k in metrics:
+            a, b = [per_image[ours][n][k] for n in names], [per_image[o][n][k] for n in names]
+            d = paired_interval(a, b); d.pop('differences')
+            res[o][k] = dict(d, share=sum(x >= y for x, y in zip(a, b)) / len(names))
+    return res
+
+def comparison_counts(comp: dict) -> dict:
+    "other -> (metrics at or above, of them firm, firm shortfalls), from `paired_comparison`."
+    return {o: (sum(d['mean'] >= 0 for d in c.values()), sum(d['lo'] > 0 for d in c.values()), sum(d['hi'] < 0 for d in c.values()))
+            for o, c in comp.items()}
+
+def comparison_table(comp: dict) -> str:
+    "Markdown: each metric's mean difference ours − other [95% interval], bold where it excludes 0, and the counts."
+    metrics = list(next(iter(comp.values())))
+    num = lambda v: f"{v:+.3f}" if abs(v) < 10 else f"{v:+.1f}"
+    cell = lambda d: (lambda t: f"**{t}**" if d['lo'] > 0 or d['hi'] < 0 else t)(f"{num(d['mean'])} [{num(d['lo'])}, {num(d['hi'])}]")
+    head = f"| ours − | {' | '.join(metrics)} | ≥ (firm) | firmly below |\n|---|{'---|' * (len(metrics) + 2)}\n"
+    counts = comparison_counts(comp)
+    return head + ''.join(f"| {o} | {' | '.join(cell(c[k]) for k in metrics)} | {counts[o][0]} ({counts[o][1]}) | {counts[o][2]} |\n"
+                          for o, c in comp.items())
 
 # %% ../nbs/14a_benchmark.ipynb #ae71745f
 def warm_window(ir: Tensor, # (1, 1, H, W)
