@@ -11,6 +11,7 @@ Fine-tunes from round 10 on are chosen by CRITERION_V2: wins against the shipped
     OMP_NUM_THREADS=1 python bench/quality_sweep.py --ablate v15_gain_ssim_sharp   # retrain it without each part
     OMP_NUM_THREADS=1 python bench/quality_sweep.py --score-run msrs_ft=runs/msrs_ft:fine-tune   # score a finished run
     OMP_NUM_THREADS=1 python bench/quality_sweep.py --only ft_ssim2,ft_ssim1_int3 --jobs 1   # stage-2 fine-tunes (FINETUNES)
+    python bench/quality_sweep.py --summarize          # rewrite results.json and table.md from the recorded rows
 Each variant trains in runs/sweep/<name>/ and resumes there; results go to bench/results/quality_sweep/.
 """
 import argparse, json, os, sys
@@ -117,29 +118,29 @@ FINETUNES = {
     'ft_mssim2_3000':      dict(loss=dict(ssim=0., metric_ssim=2.), steps=3000),
     # round 10 (2026-12-01), chosen by CRITERION_V2 (declared before this round, below). Its leader among rounds 1-9,
     # ft_edge2_mi01_mssim2_scd025_gain13, gains EN, SD, MI, SCD, VIF and Qabf on the shipped model but costs SSIM
-    # (-0.03) and SF/AG on TNO. A third stage from the model shipped then (`init`, at half the rate) with that
+    # (-0.03), SF on MSRS val50 and SF/AG on TNO. A third stage from the model shipped then (`init`, at half the rate) with that
     # recipe, full and halved; and from stage 1 with a 1.4 gain to win SF and AG back, with the metric's SSIM at 2 and 3
     'st3_edge2_mi01_mssim2_scd025_gain13': dict(loss=dict(ssim=0., edge_preservation=2., mutual_information=0.1, metric_ssim=2.,
-                                                          difference_correlation=0.25, gradient_gain=1.3), init='runs/msrs_ft_mssim2/final', lr=2.5e-4),
+                                                          difference_correlation=0.25, gradient_gain=1.3), init='runs/msrs_ft_mssim2/final', lr=2.5e-4, round=10),
     'st3_edge1_mi005_mssim2_scd025_gain13': dict(loss=dict(ssim=0., edge_preservation=1., mutual_information=0.05, metric_ssim=2.,
-                                                           difference_correlation=0.25, gradient_gain=1.3), init='runs/msrs_ft_mssim2/final', lr=2.5e-4),
+                                                           difference_correlation=0.25, gradient_gain=1.3), init='runs/msrs_ft_mssim2/final', lr=2.5e-4, round=10),
     'ft_edge2_mi01_mssim2_scd025_gain14': dict(loss=dict(ssim=0., edge_preservation=2., mutual_information=0.1, metric_ssim=2.,
-                                                         difference_correlation=0.25, gradient_gain=1.4)),
+                                                         difference_correlation=0.25, gradient_gain=1.4), round=10),
     'ft_edge2_mi01_mssim3_scd025_gain14': dict(loss=dict(ssim=0., edge_preservation=2., mutual_information=0.1, metric_ssim=3.,
-                                                         difference_correlation=0.25, gradient_gain=1.4)),
+                                                         difference_correlation=0.25, gradient_gain=1.4), round=10),
     # round 11: by CRITERION_V2 the 1.4 gain leads (15 wins of 18: every metric but SSIM on both sets and MI on TNO);
     # the metric's SSIM at 3 and the third stages qualify with 12 or not at all. The leader with MI 0.15, and with a 1.5 gain
     'ft_edge2_mi015_mssim2_scd025_gain14': dict(loss=dict(ssim=0., edge_preservation=2., mutual_information=0.15, metric_ssim=2.,
-                                                          difference_correlation=0.25, gradient_gain=1.4)),
+                                                          difference_correlation=0.25, gradient_gain=1.4), round=11),
     'ft_edge2_mi01_mssim2_scd025_gain15': dict(loss=dict(ssim=0., edge_preservation=2., mutual_information=0.1, metric_ssim=2.,
-                                                         difference_correlation=0.25, gradient_gain=1.5)),
-    # round 12: the 1.4-gain fine-tune is shipped (15 wins of 18) and is the incumbent now; its one loss on both sets is
+                                                         difference_correlation=0.25, gradient_gain=1.5), round=11),
+    # round 12: after round 11 the 1.4-gain fine-tune was shipped (15 wins of 18) and is the incumbent; its one loss on both sets is
     # SSIM (-0.03). More of the metric's SSIM with a gain that pays for the SF and AG it costs, and more edge
     # preservation beside it
     'ft_edge2_mi01_mssim25_scd025_gain15': dict(loss=dict(ssim=0., edge_preservation=2., mutual_information=0.1, metric_ssim=2.5,
-                                                          difference_correlation=0.25, gradient_gain=1.5)),
+                                                          difference_correlation=0.25, gradient_gain=1.5), round=12),
     'ft_edge3_mi01_mssim25_scd025_gain14': dict(loss=dict(ssim=0., edge_preservation=3., mutual_information=0.1, metric_ssim=2.5,
-                                                          difference_correlation=0.25, gradient_gain=1.4)),
+                                                          difference_correlation=0.25, gradient_gain=1.4), round=12),
 }
 ABLATIONS = {'no_frequency': dict(use_frequency=False), 'no_compensation': dict(use_compensation=False)}
 
@@ -168,8 +169,8 @@ def run_variant(name, spec, steps, out):
     steps = spec.get('steps', steps)                                   # a variant may set its own length
     if name in FINETUNES:  # stage 2: the library's defaults plus the overrides, from the stage-1 weights
         init = ROOT / spec['init'] if 'init' in spec else FT_INIT          # stage 1 unless the entry names other weights
-        if not init.is_dir():
-            sys.exit(f"{name}: needs the run {init} (bench/configs/msrs.yaml, msrs_finetune.yaml)")
+        if not init.is_dir():   # stage 1: bench/configs/msrs.yaml; a stage 2 shipped before: its record's config.json
+            sys.exit(f"{name}: needs the trained run {init} (bench/configs/msrs.yaml, or the config.json of its record in bench/results/)")
         from dataclasses import asdict
         from sfofusion.losses import LossConfig
         cfg = train_config(name, spec.get('model', {}), spec.get('loss', {}), steps, out, init_weights=str(init), lr=spec.get('lr', 5e-4))
@@ -229,6 +230,7 @@ def main():
     p.add_argument('--score-run', action='append', default=[], metavar='NAME=RUN_DIR[:KIND]',
                    help="score a finished training run (its final/ weights) on the validation sets and record it as a row "
                         "of KIND ('length check', 'fine-tune'), e.g. msrs_ft=runs/msrs_ft:fine-tune")
+    p.add_argument('--summarize', action='store_true', help='train and score nothing: rewrite results.json and table.md from the recorded rows')
     p.add_argument('--out', type=Path, default=ROOT / 'runs' / 'sweep')
     p.add_argument('--results', type=Path, default=ROOT / 'bench' / 'results' / 'quality_sweep')
     a = p.parse_args()
@@ -259,7 +261,7 @@ def main():
         name, _, where = spec.partition('='); run, _, kind = where.partition(':')
         r = score_run(name, Path(run), kind or 'length check')
         (row_dir / f'{name}.json').write_text(json.dumps(r, indent=1)); rows[name] = r
-    if a.score_run and not a.only and not a.ablate: todo = {}
+    if (a.score_run or a.summarize) and not a.only and not a.ablate: todo = {}
     with ProcessPoolExecutor(a.jobs) as ex:
         futs = {ex.submit(run_variant, k, v, a.steps, a.out): k for k, v in todo.items()}
         for f in futs:
@@ -289,8 +291,11 @@ def mean_ranks(rows: list) -> dict:
     return {k: float(np.mean(v)) for k, v in ranks.items()}
 
 
-INCUMBENT_ROW = 'ft_edge2_mi01_mssim2_scd025_gain14'   # the sweep row of the shipped `msrs`; the
-# wins of rounds 10-11 were counted against 'ft_mssim2_2000', shipped then (README, 'Rounds 10 and 11')
+# CRITERION_V2's decisions in order: the incumbent each one counted against, and the last round it saw. Each choice
+# is the next decision's incumbent; the last choice is the shipped `msrs` (bench/configs/msrs_finetune.yaml).
+DECISIONS = (('ft_mssim2_2000', 11), ('ft_edge2_mi01_mssim2_scd025_gain14', 12))
+INCUMBENT_ROW = DECISIONS[-1][0]   # the sweep row of the shipped `msrs`; the record's `≥ incumbent` counts against it
+VAL_SETS = ('msrs_val50', 'tno')
 CRITERION_V2 = ("declared on 2026-12-01 before round 10, because the bar counts metrics and the mean rank does not: a "
                 "fine-tune's wins against the incumbent (the shipped model's row) are the metrics, of 9 per validation set, "
                 "whose mean reaches the incumbent's; it qualifies with at least 6 wins on each of MSRS val50 and TNO and at "
@@ -298,21 +303,26 @@ CRITERION_V2 = ("declared on 2026-12-01 before round 10, because the bar counts 
                 "sets replaces the incumbent, ties by mean rank; with no qualifier the incumbent stays")
 
 
+def finetune_round(name: str) -> int:
+    "The sweep round of a FINETUNES entry (its `round`; entries without one are from rounds 2-9)."
+    return FINETUNES.get(name, {}).get('round', 9)
+
+
 def wins_per_set(row, ref) -> dict:
     "set -> how many of the metrics reach `ref`'s value on that validation set."
-    return {s: int(sum(row['val'][s][m] >= ref['val'][s][m] for m in METRICS)) for s in row['val']}
+    return {s: int(sum(row['val'][s][m] >= ref['val'][s][m] for m in METRICS)) for s in VAL_SETS}
 
 
-def choose_v2(out: list, incumbent: dict) -> str:
-    "CRITERION_V2 over summarised rows: the name of the fine-tune that replaces `incumbent`, or the incumbent's."
-    best = None
-    for r in out:
-        if r.get('kind') != 'fine-tune' or r['name'] == incumbent['name']: continue
-        w = r['wins_vs_incumbent'] = wins_per_set(r, incumbent)
-        r['qualifies'] = min(w.values()) >= 6 and r['wins_vs_max'] >= 5
-        key = (sum(w.values()), -r['mean_rank'])
-        if r['qualifies'] and (best is None or key > best[0]): best = (key, r['name'])
-    return best[1] if best else incumbent['name']
+def qualifies(row, incumbent) -> bool:
+    "CRITERION_V2's bar for a summarised row: at least 6 wins on each validation set and 5 metrics reaching the max."
+    return min(wins_per_set(row, incumbent).values()) >= 6 and row['wins_vs_max'] >= 5
+
+
+def choose_v2(rows: list, incumbent: dict) -> str:
+    "CRITERION_V2 over summarised rows: the fine-tune that replaces `incumbent`, or the incumbent's own name."
+    q = [r for r in rows if r.get('kind') == 'fine-tune' and r['name'] != incumbent['name'] and qualifies(r, incumbent)]
+    order = lambda r: (-sum(wins_per_set(r, incumbent).values()), r['mean_rank'], -r['wins_vs_max'], r['name'])
+    return min(q, key=order)['name'] if q else incumbent['name']
 
 
 def summarize(rows: dict, steps: int) -> dict:
@@ -328,9 +338,15 @@ def summarize(rows: dict, steps: int) -> dict:
         r['mean_rank'] = rank[r['name']] if r['name'] in rank else mean_ranks(pool + [r])[r['name']]
     out.sort(key=lambda r: (r['role'] != 'variant', r['mean_rank'], -r['wins_vs_max']))
     winner = next(r['name'] for r in out if r['role'] == 'variant')
-    stage2 = choose_v2(out, rows[INCUMBENT_ROW]) if INCUMBENT_ROW in rows else None
+    decisions = [dict(incumbent=inc, last_round=last, chosen=choose_v2([r for r in out if finetune_round(r['name']) <= last], rows[inc]))
+                 for inc, last in DECISIONS if inc in rows]
+    if INCUMBENT_ROW in rows:   # every fine-tune's standing against the shipped model, for the table
+        for r in out:
+            if r.get('kind') == 'fine-tune' and r['name'] != INCUMBENT_ROW:
+                r['wins_vs_incumbent'], r['qualifies'] = wins_per_set(r, rows[INCUMBENT_ROW]), qualifies(r, rows[INCUMBENT_ROW])
     return dict(criterion=CRITERION, steps=steps, winner=winner, criterion_v2=CRITERION_V2, incumbent=INCUMBENT_ROW,
-                winner_v2=stage2, rows=[{**ref, 'role': 'reference', 'mean_rank': rank['max']}] + out)
+                decisions=decisions, winner_v2=decisions[-1]['chosen'] if decisions else None,
+                rows=[{**ref, 'role': 'reference', 'mean_rank': rank['max']}] + out)
 
 
 if __name__ == '__main__':

@@ -186,12 +186,16 @@ def paired_comparison(per_image: dict,  # method -> image -> metric -> value; ev
                      ) -> dict:         # other -> metric -> dict(mean, lo, hi, n, share)
     "Per-pair differences ours − other: their mean, 95% t-interval (lo, hi), and the share of pairs where ours >= other."
     if ours not in per_image: raise FusionInputError(f"ours: expected one of {sorted(per_image)}, got {ours!r}")
+    if isinstance(others, str): raise FusionInputError(f"others: expected a list of method names, got the string {others!r}")
     names = sorted(per_image[ours])
+    if len(names) < 2: raise FusionInputError(f"per_image[{ours!r}]: expected at least 2 images for an interval, got {len(names)}")
+    missing = [k for k in metrics if k not in per_image[ours][names[0]]]
+    if missing: raise FusionInputError(f"metrics: expected names among {sorted(per_image[ours][names[0]])}, got {missing}")
     res = {}
     for o in others:
         if o not in per_image: raise FusionInputError(f"others: expected methods of {sorted(per_image)}, got {o!r}")
-        if sorted(per_image[o]) != names:
-            raise FusionInputError(f"per_image[{o!r}]: expected the {len(names)} images of {ours!r}, got {len(per_image[o])} other or different images")
+        diff = sorted(set(names) ^ set(per_image[o]))
+        if diff: raise FusionInputError(f"per_image[{o!r}]: expected the {len(names)} images of {ours!r}, got a different set (first difference: {diff[0]!r})")
         res[o] = {}
         for k in metrics:
             a, b = [per_image[ours][n][k] for n in names], [per_image[o][n][k] for n in names]
@@ -200,12 +204,13 @@ def paired_comparison(per_image: dict,  # method -> image -> metric -> value; ev
     return res
 
 def comparison_counts(comp: dict) -> dict:
-    "other -> (metrics at or above, of them firm, firm shortfalls), from `paired_comparison`."
+    "other -> (metrics at or above, of them firm, firm shortfalls), from `paired_comparison` (a NaN difference counts in none)."
     return {o: (sum(d['mean'] >= 0 for d in c.values()), sum(d['lo'] > 0 for d in c.values()), sum(d['hi'] < 0 for d in c.values()))
             for o, c in comp.items()}
 
 def comparison_table(comp: dict) -> str:
     "Markdown: each metric's mean difference ours − other [95% interval], bold where it excludes 0, and the counts."
+    if not comp: raise FusionInputError("comp: expected the result of paired_comparison for at least one method, got none")
     metrics = list(next(iter(comp.values())))
     num = lambda v: f"{v:+.3f}" if abs(v) < 10 else f"{v:+.1f}"
     cell = lambda d: (lambda t: f"**{t}**" if d['lo'] > 0 or d['hi'] < 0 else t)(f"{num(d['mean'])} [{num(d['lo'])}, {num(d['hi'])}]")

@@ -75,33 +75,43 @@ def _row(name, msrs, tno, kind='fine-tune'):
 
 def test_criterion_v2_counts_wins_per_set():
     q = _sweep_module()
-    inc, mx = _row(q.INCUMBENT_ROW, 1., 1.), _row('max', 0., 0.)
-    five_of_nine = [2.]*5 + [0.]*4
-    rows = {'max': mx, inc['name']: inc,
+    inc = _row(q.INCUMBENT_ROW, [-2.]*5 + [1.]*4, [-2.]*5 + [1.]*4)   # below the max (0) on five metrics
+    rows = {'max': _row('max', 0., 0.), inc['name']: inc,
             'all_better': _row('all_better', 2., 2.),
-            'ties': _row('ties', 1., 1.),                          # ties count as wins (the bar reads >=): 18
-            'one_set': _row('one_set', 3., five_of_nine),           # 14 wins, but only 5 on TNO: does not qualify
-            'variant': _row('variant', 9., 9., kind=None)}          # not a fine-tune: never chosen
+            'ties': _row('ties', 1., 1.),                          # ties count as wins (the bar reads >=): 18, as all_better
+            'six_each': _row('six_each', [1.]*6 + [-3.]*3, [1.]*6 + [-3.]*3),    # exactly 6 wins on each set: qualifies
+            'five_each': _row('five_each', [1.]*5 + [-3.]*4, [1.]*5 + [-3.]*4),  # 5: does not
+            'one_set': _row('one_set', 3., [2.]*5 + [0.]*4),        # 9 + 5 wins: only 5 on TNO, does not qualify
+            'below_max': _row('below_max', [-1.]*5 + [1.]*4, [-1.]*5 + [1.]*4),  # 18 wins, but 4 metrics reach the max
+            'variant': _row('variant', 9., 9., kind=None),          # not a fine-tune: never chosen
+            'variant2': _row('variant2', 1.5, 1.5, kind=None)}      # ranks all_better (2.0) above ties (1.0)
     s = q.summarize(rows, 1000)
     by = {r['name']: r for r in s['rows']}
     assert by['one_set']['wins_vs_incumbent'] == {'msrs_val50': 9, 'tno': 5} and not by['one_set']['qualifies']
-    assert by['all_better']['qualifies'] and by['ties']['qualifies']
-    assert s['winner_v2'] in ('all_better', 'ties')                 # 18 wins each; the mean rank breaks the tie
-    assert s['winner_v2'] == 'all_better'
-    rows.pop('all_better'); rows.pop('ties')
+    assert by['six_each']['qualifies'] and not by['five_each']['qualifies']
+    assert by['below_max']['wins_vs_incumbent'] == {'msrs_val50': 9, 'tno': 9} and not by['below_max']['qualifies']
+    assert by['all_better']['qualifies'] and by['ties']['qualifies'] and by['all_better']['mean_rank'] < by['ties']['mean_rank']
+    assert s['winner_v2'] == 'all_better'                           # 18 wins each; the better mean rank decides
+    for name in ('all_better', 'ties', 'six_each'): rows.pop(name)
     assert q.summarize(rows, 1000)['winner_v2'] == q.INCUMBENT_ROW   # no qualifier: the incumbent stays
 
 
 def test_shipped_msrs_is_the_sweeps_choice():
-    "The committed sweep record names the fine-tune that bench/configs/msrs_finetune.yaml trains, recipe for recipe."
+    """The committed record's decisions follow from its rows, each choice is the next decision's incumbent, and the
+    last choice is what bench/configs/msrs_finetune.yaml trains, recipe for recipe."""
     rec = json.loads((SWEEP/'results.json').read_text())
     q = _sweep_module()
     rows = {f.stem: json.loads(f.read_text()) for f in sorted((SWEEP/'rows').glob('*.json'))}
     again = q.summarize(rows, rec['steps'])
-    assert again['winner_v2'] == rec['winner_v2'], "results.json is stale: rerun bench/quality_sweep.py to resummarise"
+    assert again['decisions'] == rec['decisions'], "results.json is stale: rerun bench/quality_sweep.py to resummarise"
+    ds = rec['decisions']
+    assert [d['incumbent'] for d in ds] == [inc for inc, _ in q.DECISIONS]
+    assert all(a['chosen'] == b['incumbent'] for a, b in zip(ds, ds[1:]))
+    assert ds[0]['chosen'] != ds[0]['incumbent']                    # round 10-11's decision replaced the model
+    assert rec['winner_v2'] == ds[-1]['chosen'] == q.INCUMBENT_ROW
     from sfofusion.train import TrainConfig
     ship = TrainConfig.load(ROOT/'bench'/'configs'/'msrs_finetune.yaml')
     chosen = rows[rec['winner_v2']]
-    spec = {**q.FINETUNES[chosen['name']]}
+    spec = q.FINETUNES[chosen['name']]
     assert ship.loss == spec.get('loss', {}) and ship.steps == chosen['steps']
     assert ship.lr == chosen['lr'] and Path(ship.init_weights) == Path(chosen['init_weights'])
