@@ -188,7 +188,7 @@ def paired_comparison(per_image: dict,  # method -> image -> metric -> value; ev
     if ours not in per_image: raise FusionInputError(f"ours: expected one of {sorted(per_image)}, got {ours!r}")
     if isinstance(others, str): raise FusionInputError(f"others: expected a list of method names, got the string {others!r}")
     names = sorted(per_image[ours])
-    if len(names) < 2: raise FusionInputError(f"per_image[{ours!r}]: expected at least 2 images for an interval, got {len(names)}")
+    if not names: raise FusionInputError(f"per_image[{ours!r}]: expected at least one image, got none")  # one: NaN bounds
     missing = [k for k in metrics if k not in per_image[ours][names[0]]]
     if missing: raise FusionInputError(f"metrics: expected names among {sorted(per_image[ours][names[0]])}, got {missing}")
     res = {}
