@@ -141,6 +141,12 @@ FINETUNES = {
                                                           difference_correlation=0.25, gradient_gain=1.5), round=12),
     'ft_edge3_mi01_mssim25_scd025_gain14': dict(loss=dict(ssim=0., edge_preservation=3., mutual_information=0.1, metric_ssim=2.5,
                                                           difference_correlation=0.25, gradient_gain=1.4), round=12),
+    # after round 12, not candidates (kind 'seed check' never enters CRITERION_V2): the shipped recipe with two more
+    # seeds (crop and batch order), to see how much of its 15 wins against ft_mssim2_2000 is the seed
+    'ft_edge2_mi01_mssim2_scd025_gain14_seed1': dict(loss=dict(ssim=0., edge_preservation=2., mutual_information=0.1, metric_ssim=2.,
+                                                               difference_correlation=0.25, gradient_gain=1.4), seed=1, kind='seed check'),
+    'ft_edge2_mi01_mssim2_scd025_gain14_seed2': dict(loss=dict(ssim=0., edge_preservation=2., mutual_information=0.1, metric_ssim=2.,
+                                                               difference_correlation=0.25, gradient_gain=1.4), seed=2, kind='seed check'),
 }
 ABLATIONS = {'no_frequency': dict(use_frequency=False), 'no_compensation': dict(use_compensation=False)}
 
@@ -173,7 +179,8 @@ def run_variant(name, spec, steps, out):
             sys.exit(f"{name}: needs the trained run {init} (bench/configs/msrs.yaml, or the config.json of its record in bench/results/)")
         from dataclasses import asdict
         from sfofusion.losses import LossConfig
-        cfg = train_config(name, spec.get('model', {}), spec.get('loss', {}), steps, out, init_weights=str(init), lr=spec.get('lr', 5e-4))
+        cfg = train_config(name, spec.get('model', {}), spec.get('loss', {}), steps, out, seed=spec.get('seed', 0),
+                           init_weights=str(init), lr=spec.get('lr', 5e-4))
         model, loss = {}, asdict(LossConfig(**spec.get('loss', {})))
     else:
         model, loss = {**BASE_MODEL, **spec.get('model', {})}, {**BASE_LOSS, **spec.get('loss', {})}
@@ -184,7 +191,8 @@ def run_variant(name, spec, steps, out):
     net = SFOFusion.from_pretrained(out / name / 'final')
     res = json.loads(done.read_text())
     return dict(name=name, model=model, loss=loss, overrides=spec, steps=steps,
-                **(dict(kind='fine-tune', init_weights=spec.get('init', 'runs/msrs/final'), lr=spec.get('lr', 5e-4))
+                **(dict(kind=spec.get('kind', 'fine-tune'), seed=spec.get('seed', 0), init_weights=spec.get('init', 'runs/msrs/final'),
+                        lr=spec.get('lr', 5e-4))
                    if name in FINETUNES else {}),
                 train_seconds=res.get('seconds'), final_loss=res.get('loss'), val=score(net))
 
@@ -340,10 +348,11 @@ def summarize(rows: dict, steps: int) -> dict:
     winner = next(r['name'] for r in out if r['role'] == 'variant')
     decisions = [dict(incumbent=inc, last_round=last, chosen=choose_v2([r for r in out if finetune_round(r['name']) <= last], rows[inc]))
                  for inc, last in DECISIONS if inc in rows]
-    if INCUMBENT_ROW in rows:   # every fine-tune's standing against the shipped model, for the table
+    if INCUMBENT_ROW in rows:   # every fine-tune's standing against the shipped model, for the table (seed checks: wins only)
         for r in out:
-            if r.get('kind') == 'fine-tune' and r['name'] != INCUMBENT_ROW:
-                r['wins_vs_incumbent'], r['qualifies'] = wins_per_set(r, rows[INCUMBENT_ROW]), qualifies(r, rows[INCUMBENT_ROW])
+            if r.get('kind') in ('fine-tune', 'seed check') and r['name'] != INCUMBENT_ROW:
+                r['wins_vs_incumbent'] = wins_per_set(r, rows[INCUMBENT_ROW])
+                if r['kind'] == 'fine-tune': r['qualifies'] = qualifies(r, rows[INCUMBENT_ROW])
     return dict(criterion=CRITERION, steps=steps, winner=winner, criterion_v2=CRITERION_V2, incumbent=INCUMBENT_ROW,
                 decisions=decisions, winner_v2=decisions[-1]['chosen'] if decisions else None,
                 rows=[{**ref, 'role': 'reference', 'mean_rank': rank['max']}] + out)
