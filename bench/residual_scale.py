@@ -17,6 +17,8 @@ import kornia
 import torch
 
 from quality_sweep import METRICS, score
+from sfofusion.core import atomic_write_bytes
+from sfofusion.model import SFOFusion, compose_select
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +30,6 @@ class ScaledResidual(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, ir, vis):
-        from sfofusion.model import compose_select
         a = self.net.forward_aux(ir, vis)
         s = (a['select'] > 0.5).to(ir.dtype) if self.hard else a['select']
         return compose_select(ir, vis, s, self.beta * a['residual'])[0]   # the network's own output step
@@ -51,8 +52,6 @@ def main():
     p.add_argument('--out', type=Path, default=ROOT/'bench'/'results'/'quality_sweep'/'residual_scale.json')
     a = p.parse_args()
     torch.set_num_threads(1)
-    from sfofusion.core import atomic_write_bytes
-    from sfofusion.model import SFOFusion
     net = SFOFusion.from_pretrained(a.model).eval()
     fusers = {f'beta {b:g}': ScaledResidual(net, b) for b in (1., 0.75, 0.5, 0.)}
     fusers.update({'beta 1, hard share': ScaledResidual(net, 1., True), 'beta 0, hard share (= max)': ScaledResidual(net, 0., True)})

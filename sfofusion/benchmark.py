@@ -213,7 +213,9 @@ def comparison_table(comp: dict) -> str:
     if not comp: raise FusionInputError("comp: expected the result of paired_comparison for at least one method, got none")
     metrics = list(next(iter(comp.values())))
     num = lambda v: f"{v:+.3f}" if abs(v) < 10 else f"{v:+.1f}"
-    cell = lambda d: (lambda t: f"**{t}**" if d['lo'] > 0 or d['hi'] < 0 else t)(f"{num(d['mean'])} [{num(d['lo'])}, {num(d['hi'])}]")
+    def cell(d):
+        t = f"{num(d['mean'])} [{num(d['lo'])}, {num(d['hi'])}]"
+        return f"**{t}**" if d['lo'] > 0 or d['hi'] < 0 else t    # bold: the interval excludes 0
     head = f"| ours − | {' | '.join(metrics)} | ≥ (firm) | firmly below |\n|---|{'---|' * (len(metrics) + 2)}\n"
     counts = comparison_counts(comp)
     return head + ''.join(f"| {o} | {' | '.join(cell(c[k]) for k in metrics)} | {counts[o][0]} ({counts[o][1]}) | {counts[o][2]} |\n"

@@ -60,7 +60,9 @@ def test_readme_carries_the_record(record):
 SWEEP = ROOT/'bench'/'results'/'quality_sweep'
 
 
-def _sweep_module():
+@pytest.fixture(scope='module')
+def q():
+    "bench/quality_sweep.py as a module (it is a script, not part of the package)."
     import importlib.util
     spec = importlib.util.spec_from_file_location('quality_sweep', ROOT/'bench'/'quality_sweep.py')
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
@@ -73,8 +75,7 @@ def _row(name, msrs, tno, kind='fine-tune'):
     return dict(name=name, kind=kind, steps=1000, val={'msrs_val50': val(msrs), 'tno': val(tno)})
 
 
-def test_criterion_v2_counts_wins_per_set():
-    q = _sweep_module()
+def test_criterion_v2_counts_wins_per_set(q):
     inc = _row(q.INCUMBENT_ROW, [-2.]*5 + [1.]*4, [-2.]*5 + [1.]*4)   # below the max (0) on five metrics
     rows = {'max': _row('max', 0., 0.), inc['name']: inc,
             'all_better': _row('all_better', 2., 2.),
@@ -96,11 +97,10 @@ def test_criterion_v2_counts_wins_per_set():
     assert q.summarize(rows, 1000)['winner_v2'] == q.INCUMBENT_ROW   # no qualifier: the incumbent stays
 
 
-def test_shipped_msrs_is_the_sweeps_choice():
+def test_shipped_msrs_is_the_sweeps_choice(q):
     """The committed record's decisions follow from its rows, each choice is the next decision's incumbent, and the
     last choice is what bench/configs/msrs_finetune.yaml trains, recipe for recipe."""
     rec = json.loads((SWEEP/'results.json').read_text())
-    q = _sweep_module()
     rows = {f.stem: json.loads(f.read_text()) for f in sorted((SWEEP/'rows').glob('*.json'))}
     again = q.summarize(rows, rec['steps'])
     assert again['decisions'] == rec['decisions'], "results.json is stale: rerun bench/quality_sweep.py to resummarise"
@@ -115,3 +115,21 @@ def test_shipped_msrs_is_the_sweeps_choice():
     spec = q.FINETUNES[chosen['name']]
     assert ship.loss == spec.get('loss', {}) and ship.steps == chosen['steps']
     assert ship.lr == chosen['lr'] and Path(ship.init_weights) == Path(chosen['init_weights'])
+
+
+def test_sweep_summarize_command(tmp_path):
+    "`python bench/quality_sweep.py --summarize`, as its docstring runs it, rewrites the committed record unchanged."
+    import shutil, subprocess, sys
+    shutil.copytree(SWEEP/'rows', tmp_path/'rows'); shutil.copy(SWEEP/'results.json', tmp_path)
+    subprocess.run([sys.executable, str(ROOT/'bench'/'quality_sweep.py'), '--summarize', '--results', str(tmp_path)],
+                   check=True, capture_output=True, cwd=ROOT)
+    assert json.loads((tmp_path/'results.json').read_text()) == json.loads((SWEEP/'results.json').read_text())
+    assert (tmp_path/'table.md').read_text() == (SWEEP/'table.md').read_text()
+
+
+def test_readme_carries_the_paired_table():
+    "The README's 'How firm each count is' table is comparison_table of the benchmark record's test pairs."
+    from sfofusion.benchmark import comparison_table
+    paired = json.loads((ROOT/'figures'/'benchmark_results.json').read_text())['datasets']['msrs60']['paired']
+    table = comparison_table({m: paired[m] for m in ('ReFusion', 'SeAFusion', 'SFDFusion', 'max', 'average')})
+    assert table in (ROOT/'README.md').read_text(), "README's paired table differs from figures/benchmark_results.json: paste the new one"
