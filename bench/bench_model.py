@@ -22,6 +22,7 @@ FLOPs follow sfofusion.flops: convolutions and matrix products at 2 FLOPs per MA
     python bench/bench_model.py --threads 1     # pin the thread count
     python bench/bench_model.py --compile       # also time torch.compile (inductor; compiling takes minutes)
     python bench/bench_model.py --device cuda   # GPU timings (synchronised), fp32 and bf16 autocast
+    python bench/bench_model.py --model default # the SFOFusionConfig defaults instead of the shipped `msrs` network
     OMP_WAIT_POLICY=PASSIVE python bench/bench_model.py   # the setting to use on a shared CPU
 """
 import argparse, json, os, statistics, subprocess, sys, time
@@ -60,14 +61,22 @@ def reference_workload(dev):
     return run
 
 
-def peak_memory_mib(h: int, w: int, threads: int | None) -> float:
+def model_config(name: str):
+    "The architecture to measure: 'default' (SFOFusionConfig()), or the config of a shipped model name or model folder."
+    from sfofusion.model import SFOFusion, SFOFusionConfig
+    return SFOFusionConfig() if name == 'default' else SFOFusion.from_pretrained(name).config
+
+
+def peak_memory_mib(h: int, w: int, threads: int | None, model: str = 'msrs') -> float:
     "Growth of peak RSS (MiB) over one forward pass of an h x w pair, measured in a fresh process."
     code = f"""
-import resource, torch
+import resource, sys, torch
 {'torch.set_num_threads(%d)' % threads if threads else ''}
+sys.path.insert(0, {str(os.path.dirname(os.path.abspath(__file__)))!r})
+from bench_model import model_config
 from sfofusion.model import build_model
 torch.manual_seed(0)
-m = build_model().eval()
+m = build_model(model_config({model!r})).eval()
 ir, vis = torch.rand(1, 1, {h}, {w}), torch.rand(1, 1, {h}, {w})
 with torch.inference_mode(): m(ir[..., :64, :64], vis[..., :64, :64])   # load kernels and libraries first
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -84,7 +93,7 @@ def timing_only(args) -> dict:
     if args.threads: torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    model = build_model().to(dev).eval()
+    model = build_model(model_config(args.model)).to(dev).eval()
     g = torch.Generator().manual_seed(1)
     ir, vis = (torch.rand(1, 1, 480, 640, generator=g).to(dev) for _ in range(2))
     t = timed(dict(model=lambda: model(ir, vis), reference=reference_workload(dev)), dev, args.warmup, args.repeats)
@@ -92,19 +101,21 @@ def timing_only(args) -> dict:
 
 
 def run(args) -> dict:
-    from sfofusion.model import SFOFusionConfig, build_model, count_parameters
+    import dataclasses
+    from sfofusion.model import build_model, count_parameters
     from sfofusion.flops import count_flops
     if args.threads: torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    model = build_model().to(dev).eval()
-    nchw = build_model(SFOFusionConfig(channels_last=False)).to(dev).eval()
+    cfg = model_config(args.model)
+    model = build_model(cfg).to(dev).eval()
+    nchw = build_model(dataclasses.replace(cfg, channels_last=False)).to(dev).eval()
     nchw.load_state_dict(model.state_dict())
     g = torch.Generator().manual_seed(1)
     ir, vis = (torch.rand(1, 1, 480, 640, generator=g).to(dev) for _ in range(2))
     ir8, vis8 = (torch.rand(8, 1, 256, 256, generator=g).to(dev) for _ in range(2))
     cost = count_flops(model, 480, 640)
-    res = dict(params=count_parameters(model), flops=cost['flops'], macs=cost['macs'], device=str(dev),
+    res = dict(model=args.model, params=count_parameters(model), flops=cost['flops'], macs=cost['macs'], device=str(dev),
                threads=torch.get_num_threads(), torch=torch.__version__)
 
     fns = dict(model=lambda: model(ir, vis), reference=reference_workload(dev), nchw=lambda: nchw(ir, vis),
@@ -132,12 +143,12 @@ def run(args) -> dict:
                    compiled_ref_s=tc['reference']['median'])
     res['omp_wait_policy'] = os.environ.get('OMP_WAIT_POLICY', 'default')
     if dev.type == 'cpu' and 'OMP_WAIT_POLICY' not in os.environ and not args.no_passive:
-        cmd = [sys.executable, __file__, '--timing-only', '--warmup', str(args.warmup), '--repeats', str(args.repeats)]
+        cmd = [sys.executable, __file__, '--timing-only', '--model', args.model, '--warmup', str(args.warmup), '--repeats', str(args.repeats)]
         if args.threads: cmd += ['--threads', str(args.threads)]
         out = subprocess.run(cmd, env=dict(os.environ, OMP_WAIT_POLICY='PASSIVE'), capture_output=True, text=True, check=True)
         res.update({f'passive_{k}': v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()})
     if dev.type == 'cpu' and not args.no_memory:
-        res['peak_mem_1080p_mib'] = peak_memory_mib(1080, 1920, args.threads)
+        res['peak_mem_1080p_mib'] = peak_memory_mib(1080, 1920, args.threads, args.model)
         res['peak_mem_method'] = 'ru_maxrss growth over one forward pass in a fresh subprocess'
     elif dev.type == 'cuda':
         a, b = (torch.rand(1, 1, 1080, 1920, device=dev) for _ in range(2))
@@ -150,7 +161,8 @@ def run(args) -> dict:
 
 
 def table(r: dict) -> str:
-    rows = [('parameters', f"{r['params']:,}"),
+    rows = [('network', f"`{r['model']}`" + (' (the SFOFusionConfig defaults)' if r['model'] == 'default' else '')),
+            ('parameters', f"{r['params']:,}"),
             ('FLOPs at 640x480', f"{r['flops'] / 1e9:.2f} G"),
             ('MACs at 640x480', f"{r['macs'] / 1e9:.2f} G"),
             (f"time per 640x480 pair ({r['device']}, {r['threads']} threads)", f"{r['cpu_s'] * 1e3:.1f} ms (min {r['cpu_min_s'] * 1e3:.1f})"),
@@ -173,6 +185,8 @@ def table(r: dict) -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--device', default='cpu')
+    p.add_argument('--model', default='msrs', help="the architecture to time: a shipped model name or model folder (its "
+                   "config; default: the shipped msrs network), or 'default' for the SFOFusionConfig defaults")
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--repeats', type=int, default=9)

@@ -3,6 +3,7 @@
     python bench/ship_weights.py runs/msrs --name msrs [--checkpoint latest] \
         --eval msrs_val50=../shared/data/MSRS/test@data/splits/msrs_val50.txt --eval tno=../shared/data/TNO
     python bench/ship_weights.py runs/meta_exp/seed0/meta --name msrs_det --eval tno=../shared/data/TNO   # task-oriented run
+    python bench/ship_weights.py runs/msrs_w12 --name msrs --record-only    # only the training record of a stage 1
 
 Copies the run's `final/` weights (or its latest checkpoint's) to `sfofusion/weights/<name>/` (model.safetensors,
 config.json), measures the evaluator's metrics on --eval pairs (LABEL=FOLDER, optionally @NAMES_FILE to take only the listed pairs;
@@ -48,7 +49,11 @@ def main():
     p.add_argument('--eval', action='append', default=[], help='LABEL=FOLDER[@NAMES_FILE] to evaluate on (repeatable)')
     p.add_argument('--eval-pairs', type=int, default=0, help='at most this many pairs of each (0: all)')
     p.add_argument('--record', help='folder name of the training record under bench/results (default: the run folder name)')
+    p.add_argument('--record-only', action='store_true',
+                   help='only copy the training record to bench/results (e.g. the stage 1 a shipped fine-tune started from)')
     a = p.parse_args()
+    if not (a.run/'config.json').is_file(): p.error(f"run: expected a training run folder with config.json, got {a.run}")
+    if a.record_only: print(write_record(a.run, a.record or a.run.name)); return
     cfg = json.loads((a.run/'config.json').read_text())
     if a.checkpoint == 'final':
         src, step = a.run/'final', json.loads((a.run/'result.json').read_text())['step']
@@ -67,6 +72,9 @@ def main():
         folder, _, names = where.partition('@')
         metrics[label or Path(folder).name] = validate(model, folder, a.eval_pairs or None, names=f'@{names}' if names else None)
     fl = count_flops(model, 480, 640)
+    default = SFOFusionConfig()   # the architecture where it departs from the library's defaults (e.g. a wider network)
+    arch = {f.name: getattr(model.config, f.name) for f in dataclasses.fields(SFOFusionConfig)
+            if getattr(model.config, f.name) != getattr(default, f.name)}
     log = {r['step']: r for r in read_log(a.run/'log.jsonl') if 'loss' in r}  # a resumed run re-logs steps: keep the last
     log = [log[k] for k in sorted(log)]
     res = json.loads((a.run/'result.json').read_text()) if (a.run/'result.json').is_file() else {}
@@ -76,7 +84,7 @@ def main():
                 data=describe_data(cfg), crop=cfg['crop'], batch_size=cfg['batch_size'], lr=cfg['lr'],
                 loss=dataclasses.asdict(LossConfig(**cfg['loss'])),   # resolved: what the run used, not just its overrides
                 seed=cfg['seed'], device=cfg['device'], precision=cfg['precision'], params=count_parameters(model),
-                flops_640x480=fl['flops'], final_train_loss=log[-1]['loss'] if log else None,
+                flops_640x480=fl['flops'], architecture=arch, final_train_loss=log[-1]['loss'] if log else None,
                 eval={k: {m: round(v, 4) for m, v in d.items()} for k, d in metrics.items()},
                 eval_pairs=a.eval_pairs, record=f'bench/results/{rec_name}/', mode=mode, init_weights=cfg.get('init_weights') or None)
     if mode != 'fusion-only':
@@ -85,7 +93,8 @@ def main():
                     balance=cfg.get('balance'), alpha=cfg.get('alpha'))
     atomic_write_bytes(dest/'card.json', json.dumps(card, indent=1).encode())
     lines = [f"# SFOFusion model `{a.name}`", "",
-             (f"Fusion-only SFOFusion network ({card['params']:,} parameters, {card['flops_640x480'] / 1e9:.2f} GFLOPs at 640×480),"
+             (f"Fusion-only SFOFusion network ({card['params']:,} parameters, {card['flops_640x480'] / 1e9:.2f} GFLOPs at 640×480"
+              + (f"; {', '.join(f'{k}={v}' for k, v in arch.items())} beyond the SFOFusionConfig defaults" if arch else '') + "),"
               if mode == 'fusion-only' else
               f"Task-oriented SFOFusion network (mode `{mode}`, task {cfg['task']}; {card['params']:,} parameters, "
               f"{card['flops_640x480'] / 1e9:.2f} GFLOPs at 640×480), started from `{cfg.get('init_weights') or 'random weights'}` and"),
@@ -106,16 +115,22 @@ def main():
     lines += ["", f"Training record: `{card['record']}` (config, JSONL log, loss curve, result).",
               "The data are published research datasets (see `../shared/data/SOURCES.md`); the weights inherit their terms."]
     atomic_write_bytes(dest/'MODEL_CARD.md', ('\n'.join(lines) + '\n').encode())
+    write_record(a.run, rec_name, plot=mode == 'fusion-only')
+    print((dest/'MODEL_CARD.md').read_text())
+
+
+def write_record(run: Path, rec_name: str, plot: bool = True) -> Path:
+    "Copy a run's training record (config, result, log, loss curve) to bench/results/<rec_name>/."
     rec = Path('bench/results')/rec_name
     rec.mkdir(parents=True, exist_ok=True)
     for f in ('config.json', 'result.json', 'balance.png'):
-        if (a.run/f).exists(): shutil.copy(a.run/f, rec/f)
+        if (run/f).exists(): shutil.copy(run/f, rec/f)
     # the log without the rows an interrupted run wrote past its last checkpoint (resuming logs those steps again)
     rows = {}
-    for r in read_log(a.run/'log.jsonl'): rows[(r['step'], tuple(sorted(r)))] = r
+    for r in read_log(run/'log.jsonl'): rows[(r['step'], tuple(sorted(r)))] = r
     atomic_write_bytes(rec/'log.jsonl', ''.join(json.dumps(r) + '\n' for _, r in sorted(rows.items(), key=lambda kv: kv[0][0])).encode())
-    if mode == 'fusion-only': plot_log(rec/'log.jsonl', rec/'loss.png')
-    print((dest/'MODEL_CARD.md').read_text())
+    if plot: plot_log(rec/'log.jsonl', rec/'loss.png')
+    return rec
 
 
 if __name__ == '__main__':

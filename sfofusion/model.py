@@ -28,7 +28,7 @@ __all__ = ['PAD', 'WEIGHTS_FILE', 'CONFIG_FILE', 'SFOFusionConfig', 'SpectralCha
 # %% ../nbs/03_model.ipynb #0071e759
 @dataclass
 class SFOFusionConfig:
-    "Hyper-parameters of the SFOFusion network; the defaults are the shipped model."
+    "Hyper-parameters of the SFOFusion network; the shipped `msrs` is these defaults with width=12, ctx_width=48 (its config.json)."
     # --- frequency branch (runs on the rFFT grid of the two sources, H x (W//2 + 1) bins) ---
     n_bands: int = 8                # radial bands, log-spaced: about one octave each from band_f_low to the corner
     band_f_low: float = 1 / 128     # first band centre, cycles/pixel: 5 cycles across a 640-pixel width
@@ -348,7 +348,7 @@ class SFOFusion(nn.Module):
         return self.fuse(ir, vis, aux=True)
 
 # %% ../nbs/03_model.ipynb #91ae6375
-def build_model(config: SFOFusionConfig|None=None, # None: the default (shipped) configuration
+def build_model(config: SFOFusionConfig|None=None, # None: the default configuration
                ) -> SFOFusion:
     "A freshly initialised SFOFusion network."
     return SFOFusion(config)

@@ -75,7 +75,9 @@ def _row(name, msrs, tno, kind='fine-tune'):
     return dict(name=name, kind=kind, steps=1000, val={'msrs_val50': val(msrs), 'tno': val(tno)})
 
 
-def test_criterion_v2_counts_wins_per_set(q):
+def test_criterion_v2_counts_wins_per_set(q, monkeypatch):
+    # the last decision's incumbent, and the `≥ incumbent` column counting against it (as between two shipped models)
+    monkeypatch.setattr(q, 'INCUMBENT_ROW', q.DECISIONS[-1][0])
     inc = _row(q.INCUMBENT_ROW, [-2.]*5 + [1.]*4, [-2.]*5 + [1.]*4)   # below the max (0) on five metrics
     rows = {'max': _row('max', 0., 0.), inc['name']: inc,
             'all_better': _row('all_better', 2., 2.),
@@ -114,7 +116,13 @@ def test_shipped_msrs_is_the_sweeps_choice(q):
     chosen = rows[rec['winner_v2']]
     spec = q.FINETUNES[chosen['name']]
     assert ship.loss == spec.get('loss', {}) and ship.steps == chosen['steps']
-    assert ship.lr == chosen['lr'] and Path(ship.init_weights) == Path(chosen['init_weights'])
+    assert ship.lr == chosen['lr']
+    stage1 = TrainConfig.load(ROOT/'bench'/'configs'/'msrs.yaml')
+    assert Path(ship.init_weights) == Path(stage1.out_dir)/'final'   # stage 2 starts from the shipped stage 1
+    init = Path(chosen['init_weights'])
+    if init.parent.name.endswith('-stage1'):   # a capacity entry's own stage 1 (round 14 on): the shipped stage 1 is its recipe
+        assert stage1.model == q.FINETUNES[init.parent.name[:-len('-stage1')]]['stage1']
+    else: assert init == Path(stage1.out_dir)/'final' and stage1.model == {}
 
 
 def test_sweep_summarize_command(tmp_path):
