@@ -64,7 +64,7 @@ def reference_workload(dev):
 def model_config(name: str):
     "The architecture to measure: 'default' (SFOFusionConfig()), or the config of a shipped model name or model folder."
     from sfofusion.model import SFOFusion, SFOFusionConfig
-    return SFOFusionConfig() if name == 'default' else SFOFusion.from_pretrained(name).config
+    return SFOFusionConfig() if name == 'default' else SFOFusion.from_pretrained(name, arg='--model').config
 
 
 def peak_memory_mib(h: int, w: int, threads: int | None, model: str = 'msrs') -> float:
@@ -197,6 +197,9 @@ def main():
     p.add_argument('--timing-only', action='store_true', help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.repeats < 5: p.error('--repeats must be at least 5')
+    from sfofusion.core import FusionInputError
+    try: model_config(args.model)
+    except FusionInputError as e: p.error(str(e))
     if args.timing_only: return print(json.dumps(timing_only(args)))
     r = run(args)
     print(json.dumps(r) if args.json else table(r))

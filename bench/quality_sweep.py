@@ -146,12 +146,12 @@ FINETUNES = {
     # network room: each entry first trains its own stage 1 (bench/configs/msrs.yaml with these SFOFusionConfig
     # overrides, `stage1`), then the shipped stage 2 from it. Both stay within the issue's cost: 34.7k and 72.8k of
     # 80k parameters, 3.0 and 3.8 GFLOPs at 640x480, 1.47 and 1.27x the reference workload against 1.35x for the
-    # shipped model (OMP_WAIT_POLICY=PASSIVE, the same run). Wider full-resolution features and a wider context path;
-    # a wider and deeper context path alone (full-resolution width 16 costs 2.0x, too near the 3x limit with the
-    # default wait policy).
+    # model shipped then (OMP_WAIT_POLICY=PASSIVE, the same run). The first widens the full-resolution features and the
+    # context path, the second only the context path (wider and one block deeper); full-resolution width 16 was left
+    # out: 2.0x, too near the 3x limit with the default wait policy.
     'cap_w12_c48': dict(loss=dict(METRIC_TERMS, gradient_gain=1.4), stage1=dict(width=12, ctx_width=48), round=14),
     'cap_c64_b4': dict(loss=dict(METRIC_TERMS, gradient_gain=1.4), stage1=dict(ctx_width=64, ctx_blocks=4), round=14),
-    # round 15 (declared before training, after round 14: neither qualifies, 5 + 5 and 4 + 6 wins). Capacity moves along
+    # round 15 (declared after round 14 and before its own training; round 14: neither qualifies, 5 + 5 and 4 + 6 wins). Capacity moves along
     # the same trade-off as length: cap_w12_c48 gains Qabf (+0.003 / +0.020), SCD, EN and AG on both sets and SSIM on
     # MSRS val50, and loses MI (-0.05 / -0.18), SD and VIF. Round 11 showed the MI weight at 0.15 buys back MI (+0.09 on
     # MSRS val50) at little cost elsewhere, so: its stage 2 from its stage 1 with MI 0.15 and 0.2.
@@ -335,7 +335,8 @@ def mean_ranks(rows: list) -> dict:
 
 
 # CRITERION_V2's decisions in order: the incumbent each one counted against, and the last round it saw. Each choice
-# is the next decision's incumbent; the last choice is the shipped `msrs` (bench/configs/msrs_finetune.yaml).
+# is the next decision's incumbent; the last choice is the shipped `msrs` (bench/configs/msrs_finetune.yaml), and
+# INCUMBENT_ROW names it (tests/test_records.py checks that it is what summarize chooses).
 DECISIONS = (('ft_mssim2_2000', 11), ('ft_edge2_mi01_mssim2_scd025_gain14', 12), ('ft_edge2_mi01_mssim2_scd025_gain14', 13),
              ('ft_edge2_mi01_mssim2_scd025_gain14', 14), ('ft_edge2_mi01_mssim2_scd025_gain14', 15))
 INCUMBENT_ROW = 'cap_w12_c48_mi02'   # the sweep row of the shipped `msrs` (the last decision's choice); the record's
