@@ -9,6 +9,7 @@ the 60 test pairs of data/splits/msrs_test60.txt. Variants are ranked by their m
 validation sets, among all variants and the per-pixel max (CRITERION below); ties by the metrics that reach the max's.
 Fine-tunes from round 10 on are chosen by CRITERION_V2: wins against the shipped model, counted per metric and set.
     OMP_NUM_THREADS=1 python bench/quality_sweep.py --ablate v15_gain_ssim_sharp   # retrain it without each part
+    OMP_NUM_THREADS=1 python bench/quality_sweep.py --ablate cap_w12_c48_mi02 --jobs 2   # a fine-tune: both stages without it
     OMP_NUM_THREADS=1 python bench/quality_sweep.py --score-run msrs_ft=runs/msrs_ft:fine-tune   # score a finished run
     OMP_NUM_THREADS=1 python bench/quality_sweep.py --only ft_ssim2,ft_ssim1_int3 --jobs 1   # stage-2 fine-tunes (FINETUNES)
     python bench/quality_sweep.py --summarize          # rewrite results.json and table.md from the recorded rows
@@ -170,6 +171,27 @@ FINETUNES = {
 ABLATIONS = {'no_frequency': dict(use_frequency=False), 'no_compensation': dict(use_compensation=False)}
 
 
+def stage1_of(name: str) -> dict:
+    "The SFOFusionConfig overrides of a FINETUNES entry's stage 1: its own `stage1`, the one whose run it starts from, or FT_INIT's ({})."
+    spec = FINETUNES[name]
+    if 'stage1' in spec: return spec['stage1']
+    init = spec.get('init')
+    if init is None: return {}
+    owner = init.removeprefix('runs/sweep/').removesuffix('-stage1/final')
+    if owner in FINETUNES and 'stage1' in FINETUNES[owner]: return FINETUNES[owner]['stage1']
+    sys.exit(f"--ablate: {name!r} starts from {init}, not from a stage 1 the sweep trains; expected a variant or a fine-tune from a stage 1")
+
+
+def ablations(name: str) -> dict:
+    "Sweep entries that retrain `name` without each part (ABLATIONS) the same way: a variant directly; a fine-tune in both stages."
+    if name in VARIANTS:
+        base = VARIANTS[name]
+        return {f'{name}-{k}': dict(model={**base.get('model', {}), **m}, loss=base.get('loss', {})) for k, m in ABLATIONS.items()}
+    spec, s1 = FINETUNES[name], stage1_of(name)
+    keep = {k: spec[k] for k in ('steps', 'lr', 'seed') if k in spec}
+    return {f'{name}-{k}': dict(loss=spec.get('loss', {}), stage1={**s1, **m}, kind='ablation', **keep) for k, m in ABLATIONS.items()}
+
+
 def train_config(name, model, loss, steps, out, seed=0, init_weights=None, lr=2e-3):
     from sfofusion.train import TrainConfig
     return TrainConfig(
@@ -206,7 +228,8 @@ def run_variant(name, spec, steps, out):
     from sfofusion.train import train
     from sfofusion.model import SFOFusion
     steps = spec.get('steps', steps)                                   # a variant may set its own length
-    if name in FINETUNES:  # stage 2: the library's defaults plus the overrides, from the stage-1 weights
+    two_stage = name in FINETUNES or 'stage1' in spec   # a fine-tune, or the ablation of one
+    if two_stage:  # stage 2: the library's defaults plus the overrides, from the stage-1 weights
         init = ROOT / spec['init'] if 'init' in spec else FT_INIT          # stage 1 unless the entry names other weights
         if 'stage1' in spec: init = train_stage1(name, spec['stage1'], out)   # or its own stage 1 (round 14)
         if not init.is_dir():   # stage 1: bench/configs/msrs.yaml; a stage 2 shipped before: its record's config.json
@@ -228,7 +251,7 @@ def run_variant(name, spec, steps, out):
                 **(dict(kind=spec.get('kind', 'fine-tune'), seed=spec.get('seed', 0),
                         init_weights=spec.get('init', f'runs/sweep/{name}-stage1/final' if 'stage1' in spec else 'runs/msrs/final'),
                         lr=spec.get('lr', 5e-4))
-                   if name in FINETUNES else {}),
+                   if two_stage else {}),
                 train_seconds=res.get('seconds'), final_loss=res.get('loss'), val=score(net))
 
 
@@ -277,16 +300,15 @@ def main():
     p.add_argument('--out', type=Path, default=ROOT / 'runs' / 'sweep')
     p.add_argument('--results', type=Path, default=ROOT / 'bench' / 'results' / 'quality_sweep')
     a = p.parse_args()
-    if a.ablate and a.ablate not in VARIANTS: sys.exit(f"--ablate: unknown variant {a.ablate!r}; valid: {sorted(VARIANTS)}")
+    if a.ablate and a.ablate not in {**VARIANTS, **FINETUNES}:
+        sys.exit(f"--ablate: expected a variant or fine-tune name, got {a.ablate!r}; valid: {sorted({**VARIANTS, **FINETUNES})}")
     for spec in a.score_run:
         run = Path(spec.partition('=')[2].partition(':')[0])
         if '=' not in spec or not (run / 'result.json').is_file():
             sys.exit(f"--score-run: expected NAME=RUN_DIR[:KIND] with a finished run (RUN_DIR/result.json), got {spec!r}")
     known = {**VARIANTS, **FINETUNES}
-    todo = {k: v for k, v in known.items() if not a.only or k in a.only.split(',')}
-    if a.ablate:
-        base = VARIANTS[a.ablate]
-        for k, m in ABLATIONS.items(): todo[f'{a.ablate}-{k}'] = dict(model={**base.get('model', {}), **m}, loss=base.get('loss', {}))
+    todo = {k: v for k, v in known.items() if k in a.only.split(',')} if a.only or a.ablate else dict(known)   # --ablate alone: just its runs
+    if a.ablate: todo.update(ablations(a.ablate))
     bad = sorted(set(a.only.split(',')) - set(known)) if a.only else []
     if bad: sys.exit(f"--only: unknown variant(s) {bad}; valid: {sorted(known)}")
     a.results.mkdir(parents=True, exist_ok=True)
@@ -388,7 +410,7 @@ def summarize(rows: dict, steps: int) -> dict:
                  for inc, last in DECISIONS if inc in rows]
     if INCUMBENT_ROW in rows:   # every fine-tune's standing against the shipped model, for the table (seed checks, diagnostics: wins only)
         for r in out:
-            if r.get('kind') in ('fine-tune', 'seed check', 'diagnostic') and r['name'] != INCUMBENT_ROW:
+            if r.get('kind') in ('fine-tune', 'seed check', 'diagnostic', 'ablation') and r['name'] != INCUMBENT_ROW:
                 r['wins_vs_incumbent'] = wins_per_set(r, rows[INCUMBENT_ROW])
                 if r['kind'] == 'fine-tune': r['qualifies'] = qualifies(r, rows[INCUMBENT_ROW])
     return dict(criterion=CRITERION, steps=steps, winner=winner, criterion_v2=CRITERION_V2, incumbent=INCUMBENT_ROW,

@@ -141,3 +141,28 @@ def test_readme_carries_the_paired_table():
     paired = json.loads((ROOT/'figures'/'benchmark_results.json').read_text())['datasets']['msrs60']['paired']
     table = comparison_table({m: paired[m] for m in ('ReFusion', 'SeAFusion', 'SFDFusion', 'max', 'average')})
     assert table in (ROOT/'README.md').read_text(), "README's paired table differs from figures/benchmark_results.json: paste the new one"
+
+
+def test_ablations_of_a_fine_tune(q):
+    "--ablate on a fine-tune retrains both stages: its stage 1 with one part switched off, then its stage 2 recipe."
+    ab = q.ablations('cap_w12_c48_mi02')   # starts from cap_w12_c48's own stage 1 (width 12, context 48)
+    assert sorted(ab) == ['cap_w12_c48_mi02-no_compensation', 'cap_w12_c48_mi02-no_frequency']
+    assert ab['cap_w12_c48_mi02-no_frequency']['stage1'] == dict(width=12, ctx_width=48, use_frequency=False)
+    assert ab['cap_w12_c48_mi02-no_compensation']['loss'] == q.FINETUNES['cap_w12_c48_mi02']['loss']
+    assert all(v['kind'] == 'ablation' for v in ab.values())       # never a candidate of CRITERION_V2
+    assert q.ablations('ft_mssim2_2000')['ft_mssim2_2000-no_frequency'] == dict(   # from the default stage 1, its length kept
+        loss=q.FINETUNES['ft_mssim2_2000']['loss'], stage1=dict(use_frequency=False), kind='ablation', steps=2000)
+    assert set(q.ablations('v15_gain_ssim_sharp')['v15_gain_ssim_sharp-no_frequency']) == {'model', 'loss'}   # one stage
+    with pytest.raises(SystemExit, match='not from a stage 1 the sweep trains'):   # a third stage: no stage 1 to retrain
+        q.ablations('st3_edge2_mi01_mssim2_scd025_gain14')
+
+
+def test_shipped_model_is_ablated(q):
+    "The record holds the shipped model's own ablation: its recipe without each part, scored and counted, never chosen."
+    rec = json.loads((SWEEP/'results.json').read_text())
+    want = q.ablations(rec['incumbent'])
+    got = {r['name']: r for r in rec['rows'] if r['name'] in want}
+    assert sorted(got) == sorted(want), "no ablation of the shipped model: python bench/quality_sweep.py --ablate " + rec['incumbent']
+    for name, r in got.items():
+        assert r['role'] == 'ablation' and 'qualifies' not in r and r['overrides'] == json.loads(json.dumps(want[name]))
+        assert r['init_weights'] == f'runs/sweep/{name}-stage1/final' and set(r['wins_vs_incumbent']) == {'msrs_val50', 'tno'}
