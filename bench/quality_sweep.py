@@ -227,8 +227,9 @@ def run_variant(name, spec, steps, out):
     torch.set_num_threads(1)
     from sfofusion.train import train
     from sfofusion.model import SFOFusion
-    steps = spec.get('steps', steps)                                   # a variant may set its own length
     two_stage = name in FINETUNES or 'stage1' in spec   # a fine-tune, or the ablation of one
+    # a variant may set its own length; --steps sets the variants' (stage 1 of the sweep), never a fine-tune's stage 2
+    steps = spec.get('steps', 1000 if two_stage else steps)
     if two_stage:  # stage 2: the library's defaults plus the overrides, from the stage-1 weights
         init = ROOT / spec['init'] if 'init' in spec else FT_INIT          # stage 1 unless the entry names other weights
         if 'stage1' in spec: init = train_stage1(name, spec['stage1'], out)   # or its own stage 1 (round 14)
@@ -289,10 +290,10 @@ def table(rows: list) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--steps', type=int, default=1000, help='training steps of every variant (the record: 1000)')
+    p.add_argument('--steps', type=int, default=1000, help="training steps of every variant (the record: 1000); a fine-tune's stage 2 keeps its own (1000)")
     p.add_argument('--jobs', type=int, default=2)
     p.add_argument('--only', default='', help='comma-separated variant names (default: all)')
-    p.add_argument('--ablate', default='', help='a variant name: also train it without each part (ABLATIONS)')
+    p.add_argument('--ablate', default='', help='a variant or fine-tune: train only its ablations, without each part (ABLATIONS), plus --only')
     p.add_argument('--score-run', action='append', default=[], metavar='NAME=RUN_DIR[:KIND]',
                    help="score a finished training run (its final/ weights) on the validation sets and record it as a row "
                         "of KIND ('length check', 'fine-tune'), e.g. msrs_ft=runs/msrs_ft:fine-tune")
@@ -326,7 +327,7 @@ def main():
         name, _, where = spec.partition('='); run, _, kind = where.partition(':')
         r = score_run(name, Path(run), kind or 'length check')
         (row_dir / f'{name}.json').write_text(json.dumps(r, indent=1)); rows[name] = r
-    if (a.score_run or a.summarize) and not a.only and not a.ablate: todo = {}
+    if a.summarize or (a.score_run and not a.only and not a.ablate): todo = {}   # --summarize never trains
     with ProcessPoolExecutor(a.jobs) as ex:
         futs = {ex.submit(run_variant, k, v, a.steps, a.out): k for k, v in todo.items()}
         for f in futs:
