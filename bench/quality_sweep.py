@@ -228,7 +228,7 @@ def run_variant(name, spec, steps, out):
     from sfofusion.train import train
     from sfofusion.model import SFOFusion
     two_stage = name in FINETUNES or 'stage1' in spec   # a fine-tune, or the ablation of one
-    # a variant may set its own length; --steps sets the variants' (stage 1 of the sweep), never a fine-tune's stage 2
+    # an entry may set its own length; otherwise --steps sets a one-stage variant's, never a fine-tune's stage 2 (1000)
     steps = spec.get('steps', 1000 if two_stage else steps)
     if two_stage:  # stage 2: the library's defaults plus the overrides, from the stage-1 weights
         init = ROOT / spec['init'] if 'init' in spec else FT_INIT          # stage 1 unless the entry names other weights
