@@ -167,7 +167,7 @@ FINETUNES = {
     # amplitude-fusion gates' 3x3 convolutions and the channel gate's MLP 8 -> 16 (2.9k of the model's 36.2k params);
     # its own stage 1 (bench/configs/msrs.yaml with these overrides), then the shipped stage 2. At 640x480 on one thread
     # as fast as the shipped model within the timing noise. (A second entry, 8 -> 24 with 12 bands, was declared with it
-    # and dropped before training: its stage 1 did not fit this session beside the downstream runs.)
+    # and stopped 20 steps into its stage 1, never scored: it did not fit this session beside the downstream runs.)
     'cap_w12_c48_f16_mi02': dict(loss=dict(METRIC_TERMS, mutual_information=0.2, gradient_gain=1.4),
                                  stage1=dict(width=12, ctx_width=48, mlp_hidden=32, align_hidden=16, amp_hidden=16, gate_hidden=16),
                                  round=16),
