@@ -155,6 +155,24 @@ def test_ablations_of_a_fine_tune(q):
     assert set(q.ablations('v15_gain_ssim_sharp')['v15_gain_ssim_sharp-no_frequency']) == {'model', 'loss'}   # one stage
     with pytest.raises(SystemExit, match='not from a stage 1 the sweep trains'):   # a third stage: no stage 1 to retrain
         q.ablations('st3_edge2_mi01_mssim2_scd025_gain14')
+    # rounds 19-20: a stage 2's crop and a stage 1's own loss are part of the recipe an ablation retrains
+    assert q.ablations('cap_w12_c48_f16_mi03_crop176')['cap_w12_c48_f16_mi03_crop176-no_frequency']['crop'] == 176
+    m1 = q.ablations('cap_w12_c48_mi025_m1')['cap_w12_c48_mi025_m1-no_compensation']
+    assert m1['stage1_loss'] == q.FINETUNES['cap_w12_c48_mi025_m1']['stage1_loss'] and m1['stage1']['use_compensation'] is False
+
+
+def test_stage1_loss_reaches_the_stage1_run(q, tmp_path, monkeypatch):
+    "A FINETUNES entry's `stage1_loss` (round 20) replaces bench/configs/msrs.yaml's loss in its stage 1, and only there."
+    import sfofusion.train as T
+    seen = []
+    monkeypatch.setattr(T, 'train', lambda cfg, resume: seen.append(cfg))
+    spec = q.FINETUNES['cap_w12_c48_mi025_m1']
+    assert q.train_stage1('a', spec['stage1'], tmp_path, spec['stage1_loss']) == tmp_path/'a-stage1'/'final'
+    q.train_stage1('b', spec['stage1'], tmp_path)
+    shipped = T.TrainConfig.load(ROOT/'bench'/'configs'/'msrs.yaml')
+    assert seen[0].loss == spec['stage1_loss'] != shipped.loss and seen[1].loss == shipped.loss
+    assert seen[0].model == seen[1].model == spec['stage1'] and seen[0].steps == seen[1].steps == shipped.steps
+    assert seen[0].out_dir == str(tmp_path/'a-stage1')
 
 
 def test_shipped_model_is_ablated(q):
