@@ -143,7 +143,7 @@ def test_readme_carries_the_paired_table():
     assert table in (ROOT/'README.md').read_text(), "README's paired table differs from figures/benchmark_results.json: paste the new one"
 
 
-def test_ablations_of_a_fine_tune(q):
+def test_ablations_of_a_fine_tune(q, monkeypatch):
     "--ablate on a fine-tune retrains both stages: its stage 1 with one part switched off, then its stage 2 recipe."
     ab = q.ablations('cap_w12_c48_mi02')   # starts from cap_w12_c48's own stage 1 (width 12, context 48)
     assert sorted(ab) == ['cap_w12_c48_mi02-no_compensation', 'cap_w12_c48_mi02-no_frequency']
@@ -159,6 +159,8 @@ def test_ablations_of_a_fine_tune(q):
     assert q.ablations('cap_w12_c48_f16_mi03_crop176')['cap_w12_c48_f16_mi03_crop176-no_frequency']['crop'] == 176
     m1 = q.ablations('cap_w12_c48_mi025_m1')['cap_w12_c48_mi025_m1-no_compensation']
     assert m1['stage1_loss'] == q.FINETUNES['cap_w12_c48_mi025_m1']['stage1_loss'] and m1['stage1']['use_compensation'] is False
+    monkeypatch.setitem(q.FINETUNES, 'from_m1', dict(loss={}, init='runs/sweep/cap_w12_c48_mi025_m1-stage1/final'))
+    assert q.ablations('from_m1')['from_m1-no_frequency']['stage1_loss'] == m1['stage1_loss']   # from another entry's stage 1
 
 
 def test_stage1_loss_reaches_the_stage1_run(q, tmp_path, monkeypatch):
