@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python bench/quality_sweep.py --steps 1000 --jobs 2                 # every variant
     OMP_NUM_THREADS=1 python bench/quality_sweep.py --only v3_signed,v5_signed_gain --steps 1000
 
-Training data: MSRS (../shared, minus the test and validation lists in data/splits) and RoadScene, 128² crops.
+Training data: MSRS (../shared, minus the test and validation lists in data/splits) and RoadScene, 128² crops
+(a FINETUNES entry may set its stage 2's `crop` and `batch_size`, and its own stage 1's `stage1` widths and `stage1_loss`).
 Scores: the evaluator's 9 metrics at full resolution on the 50 MSRS validation pairs and the 20 TNO pairs — never on
 the 60 test pairs of data/splits/msrs_test60.txt. Variants are ranked by their mean rank over the 9 metrics on both
 validation sets, among all variants and the per-pixel max (CRITERION below); ties by the metrics that reach the max's.
@@ -239,18 +240,13 @@ def stage1_owner(name: str) -> str|None:
     sys.exit(f"--ablate: {name!r} starts from {init}, not from a stage 1 the sweep trains; expected a variant or a fine-tune from a stage 1")
 
 
-def stage1_of(name: str) -> dict:
-    "The SFOFusionConfig overrides of a FINETUNES entry's stage 1: its own `stage1`, the one whose run it starts from, or FT_INIT's ({})."
-    owner = stage1_owner(name)
-    return {} if owner is None else FINETUNES[owner]['stage1']
-
-
 def ablations(name: str) -> dict:
     "Sweep entries that retrain `name` without each part (ABLATIONS) the same way: a variant directly; a fine-tune in both stages."
     if name in VARIANTS:
         base = VARIANTS[name]
         return {f'{name}-{k}': dict(model={**base.get('model', {}), **m}, loss=base.get('loss', {})) for k, m in ABLATIONS.items()}
-    spec, s1, owner = FINETUNES[name], stage1_of(name), stage1_owner(name)
+    spec, owner = FINETUNES[name], stage1_owner(name)
+    s1 = FINETUNES[owner]['stage1'] if owner else {}   # FT_INIT's stage 1 has the default widths
     keep = {k: spec[k] for k in ('steps', 'lr', 'seed', 'crop', 'batch_size') if k in spec}
     if owner and 'stage1_loss' in FINETUNES[owner]: keep['stage1_loss'] = FINETUNES[owner]['stage1_loss']   # round 20
     return {f'{name}-{k}': dict(loss=spec.get('loss', {}), stage1={**s1, **m}, kind='ablation', **keep) for k, m in ABLATIONS.items()}
