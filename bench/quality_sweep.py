@@ -253,18 +253,22 @@ FINETUNES = {
     # after round 15, not a candidate (kind 'diagnostic' never enters CRITERION_V2): the round-15 choice's MI weight at the
     # default widths, from the default stage 1, to separate what the capacity gives from what MI 0.2 gives
     'ft_edge2_mi02_mssim2_scd025_gain14': dict(loss=dict(METRIC_TERMS, mutual_information=0.2, gradient_gain=1.4), kind='diagnostic'),
-    # after round 12, not candidates (kind 'seed check' never enters CRITERION_V2): the shipped recipe with two more
-    # seeds (crop and batch order), to see how much of its 15 wins against ft_mssim2_2000 is the seed
-    'ft_edge2_mi01_mssim2_scd025_gain14_seed1': dict(loss=dict(METRIC_TERMS, gradient_gain=1.4), seed=1, kind='seed check'),
-    'ft_edge2_mi01_mssim2_scd025_gain14_seed2': dict(loss=dict(METRIC_TERMS, gradient_gain=1.4), seed=2, kind='seed check'),
-    # after round 22, not candidates: round 22's second entry (MI 0.45, metric SSIM 2.3; 5 + 6 wins) misses its sixth
-    # win on MSRS val50 by SD -0.015, against a stage-2 seed spread of about 0.3 for SD measured after round 12; its
-    # stage 2 with seeds 1 and 2 shows how much of that miss, and of its MI and SF changes, is the seed
-    'cap_w14_c48_f16_mi045_mssim23_seed1': dict(loss=dict(METRIC_TERMS, mutual_information=0.45, metric_ssim=2.3, gradient_gain=1.4),
-                                                init='runs/sweep/cap_w14_c48_f16_mi03-stage1/final', seed=1, kind='seed check'),
-    'cap_w14_c48_f16_mi045_mssim23_seed2': dict(loss=dict(METRIC_TERMS, mutual_information=0.45, metric_ssim=2.3, gradient_gain=1.4),
-                                                init='runs/sweep/cap_w14_c48_f16_mi03-stage1/final', seed=2, kind='seed check'),
 }
+
+
+def seed_checks(name: str, seeds=(1, 2)) -> dict:
+    "FINETUNES[name]'s recipe with other seeds (crops and batch order): kind 'seed check', never a CRITERION_V2 candidate."
+    spec = {k: v for k, v in FINETUNES[name].items() if k != 'round'}
+    return {f'{name}_seed{s}': dict(spec, seed=s, kind='seed check') for s in seeds}
+
+
+# after round 12: the shipped recipe then, to see how much of its 15 wins against ft_mssim2_2000 is the seed
+FINETUNES.update(seed_checks('ft_edge2_mi01_mssim2_scd025_gain14'))
+# after round 22: its second entry (MI 0.45, metric SSIM 2.3; 5 + 6 wins) misses its sixth win on MSRS val50 by SD
+# -0.015, against a stage-2 seed spread of about 0.3 for SD measured after round 12; how much of that miss, and of its
+# MI and SF changes, is the seed
+FINETUNES.update(seed_checks('cap_w14_c48_f16_mi045_mssim23'))
+
 ABLATIONS = {'no_frequency': dict(use_frequency=False), 'no_compensation': dict(use_compensation=False)}
 
 

@@ -186,3 +186,18 @@ def test_shipped_model_is_ablated(q):
     for name, r in got.items():
         assert r['role'] == 'ablation' and 'qualifies' not in r and r['overrides'] == json.loads(json.dumps(want[name]))
         assert r['init_weights'] == f'runs/sweep/{name}-stage1/final' and set(r['wins_vs_incumbent']) == {'msrs_val50', 'tno'}
+
+
+def test_seed_checks_retrain_their_recipe(q):
+    "A seed check is its entry's recipe with another seed, never a candidate; each recorded one was run as declared."
+    checks = q.seed_checks('cap_w14_c48_f16_mi045_mssim23', seeds=(1, 2))
+    src = q.FINETUNES['cap_w14_c48_f16_mi045_mssim23']
+    for s, (name, spec) in zip((1, 2), checks.items()):
+        assert name == f'cap_w14_c48_f16_mi045_mssim23_seed{s}' and spec['seed'] == s and spec['kind'] == 'seed check'
+        assert 'round' not in spec and {k: v for k, v in spec.items() if k not in ('seed', 'kind')} == \
+               {k: v for k, v in src.items() if k != 'round'}
+    rec = json.loads((SWEEP/'results.json').read_text())
+    rows = [r for r in rec['rows'] if r.get('kind') == 'seed check']
+    assert len(rows) >= 4 and all('qualifies' not in r for r in rows)
+    for r in rows:   # the record's seed checks are the FINETUNES entries of those names, as they stand
+        assert r['overrides'] == json.loads(json.dumps(q.FINETUNES[r['name']])), r['name']
