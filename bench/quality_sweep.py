@@ -250,6 +250,20 @@ FINETUNES = {
                                           init='runs/sweep/cap_w14_c48_f16_mi03-stage1/final', round=22),
     # round 22's outcome: 5 + 6 and 5 + 6 wins. Both win SSIM (+0.002) and MI (+0.29, +0.36) on MSRS val50 and lack SD
     # (-0.04, -0.015), EN, SF and AG there; the seed check below shows the SD miss is not the seed.
+    # round 23 (2026-12-02, declared after round 22 and before its own training). The stage-2 knobs are spent (round 21)
+    # and the seed check puts round 22's SD miss outside the seed, so change the stage-1 loss, milder than round 20 (which
+    # trained stage 1 on the whole metric-shaped loss and gave up SD, SF, AG, EN, VIF and MI). Both keep the default
+    # stage-1 loss that gives the model its contrast and change one thing in it, on the wider-frequency-branch stage 1 of
+    # round 17's nearest miss (MI 0.3: 5 + 8 wins; short on MSRS val50 of SF -0.16, AG -0.06, EN -0.008, SSIM -0.0002),
+    # with that miss's stage 2: a sharper stage 1 (gradient gain 1.2 -> 1.3) for the SF, AG and EN that the MI weight
+    # costs in stage 2; and a stage 1 that already learns MI (the MI term at 0.2 beside the default terms; in stage 2
+    # each 0.05 of MI weight gave SD +0.2), so that stage 2 spends its steps on the rest.
+    'cap_w12_c48_f16_s1gain13_mi03': dict(loss=dict(METRIC_TERMS, mutual_information=0.3, gradient_gain=1.4),
+                                          stage1=dict(width=12, ctx_width=48, **WIDE_FREQUENCY),
+                                          stage1_loss=dict(gradient_gain=1.3), round=23),
+    'cap_w12_c48_f16_s1mi02_mi03': dict(loss=dict(METRIC_TERMS, mutual_information=0.3, gradient_gain=1.4),
+                                        stage1=dict(width=12, ctx_width=48, **WIDE_FREQUENCY),
+                                        stage1_loss=dict(mutual_information=0.2), round=23),
     # after round 15, not a candidate (kind 'diagnostic' never enters CRITERION_V2): the round-15 choice's MI weight at the
     # default widths, from the default stage 1, to separate what the capacity gives from what MI 0.2 gives
     'ft_edge2_mi02_mssim2_scd025_gain14': dict(loss=dict(METRIC_TERMS, mutual_information=0.2, gradient_gain=1.4), kind='diagnostic'),
