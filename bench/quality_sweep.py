@@ -296,6 +296,10 @@ FINETUNES.update(seed_checks('ft_edge2_mi01_mssim2_scd025_gain14'))
 # -0.015, against a stage-2 seed spread of about 0.3 for SD measured after round 12; how much of that miss, and of its
 # MI and SF changes, is the seed
 FINETUNES.update(seed_checks('cap_w14_c48_f16_mi045_mssim23'))
+# after round 24: its second entry (MI 0.35, gain 1.5 from the stage-1-MI stage 1; 5 + 7 wins) misses its sixth win on
+# MSRS val50 by AG -0.0004, well inside the AG spread of round 22's seed check (0.02): whether the stage-1 MI term puts
+# the recipe at the shipped model's AG or below it
+FINETUNES.update(seed_checks('cap_w12_c48_f16_s1mi02_mi035_gain15'))
 
 ABLATIONS = {'no_frequency': dict(use_frequency=False), 'no_compensation': dict(use_compensation=False)}
 
