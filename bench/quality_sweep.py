@@ -69,6 +69,13 @@ FT_INIT = ROOT / 'runs' / 'msrs' / 'final'   # the default-width stage 1 of roun
 # `ssim`); the entries from round 7 on are dict(METRIC_TERMS, <what they change>)
 METRIC_TERMS = dict(ssim=0., edge_preservation=2., mutual_information=0.1, metric_ssim=2., difference_correlation=0.25)
 WIDE_FREQUENCY = dict(mlp_hidden=32, align_hidden=16, amp_hidden=16, gate_hidden=16)   # the frequency branch x2 (round 16)
+W12_WIDE_FREQUENCY = dict(width=12, ctx_width=48, **WIDE_FREQUENCY)   # the stage-1 widths of rounds 16, 20 and 23
+
+
+def stage1_init(owner: str) -> str:
+    "The `init` of a fine-tune that starts from FINETUNES[owner]'s own stage 1 (train_stage1's run; stage1_owner reads it back)."
+    return f'runs/sweep/{owner}-stage1/final'
+
 
 FINETUNES = {
     'ft_ssim1_mag_gain11': dict(loss=dict(ssim=1., gradient_mode='magnitude', gradient_gain=1.1)),
@@ -159,9 +166,9 @@ FINETUNES = {
     # MSRS val50, and loses MI (-0.05 / -0.18), SD and VIF. Round 11 showed the MI weight at 0.15 buys back MI (+0.09 on
     # MSRS val50) at little cost elsewhere, so: its stage 2 from its stage 1 with MI 0.15 and 0.2.
     'cap_w12_c48_mi015': dict(loss=dict(METRIC_TERMS, mutual_information=0.15, gradient_gain=1.4),
-                              init='runs/sweep/cap_w12_c48-stage1/final', round=15),
+                              init=stage1_init('cap_w12_c48'), round=15),
     'cap_w12_c48_mi02': dict(loss=dict(METRIC_TERMS, mutual_information=0.2, gradient_gain=1.4),
-                             init='runs/sweep/cap_w12_c48-stage1/final', round=15),
+                             init=stage1_init('cap_w12_c48'), round=15),
     # round 16 (2026-12-02, declared before its training; against the round-15 choice cap_w12_c48_mi02, by CRITERION_V2).
     # Its ablation showed the 1.5k-parameter frequency branch carries MI on MSRS val50 (-0.37 without it) and SD, while
     # the test pairs' gap to ReFusion is MI and Qabf; every compensation-side change of rounds 10-15 traded MI away. So
@@ -171,7 +178,7 @@ FINETUNES = {
     # as fast as the shipped model within the timing noise. (A second entry, 8 -> 24 with 12 bands, was declared with it
     # and stopped 20 steps into its stage 1, never scored: it did not fit this session beside the downstream runs.)
     'cap_w12_c48_f16_mi02': dict(loss=dict(METRIC_TERMS, mutual_information=0.2, gradient_gain=1.4),
-                                 stage1=dict(width=12, ctx_width=48, **WIDE_FREQUENCY),
+                                 stage1=W12_WIDE_FREQUENCY,
                                  round=16),
     # round 17 (declared after round 16 and before its own training; round 16: 3 + 6 wins, does not qualify). The wider
     # frequency branch moved along the same trade-off as every round before it, and in the direction away from MI: it
@@ -179,18 +186,18 @@ FINETUNES = {
     # +0.013), and loses MI on both (-0.03 / -0.06), SD and SF on MSRS. As in round 15, give its stage 2 more MI weight:
     # 0.25 and 0.3, from its stage 1.
     'cap_w12_c48_f16_mi025': dict(loss=dict(METRIC_TERMS, mutual_information=0.25, gradient_gain=1.4),
-                                  init='runs/sweep/cap_w12_c48_f16_mi02-stage1/final', round=17),
+                                  init=stage1_init('cap_w12_c48_f16_mi02'), round=17),
     'cap_w12_c48_f16_mi03': dict(loss=dict(METRIC_TERMS, mutual_information=0.3, gradient_gain=1.4),
-                                 init='runs/sweep/cap_w12_c48_f16_mi02-stage1/final', round=17),
+                                 init=stage1_init('cap_w12_c48_f16_mi02'), round=17),
     # round 18 (2026-12-02, declared after round 17 and before its own training; round 17: 4 + 7 and 5 + 8 wins, neither
     # qualifies). MI 0.3 is the nearest miss: on MSRS val50 it wins MI (+0.19), Qabf, VIF, SCD and SD, and loses SF
     # (-0.16), AG (-0.06), EN (-0.009) and SSIM (-0.0002). At the default widths the gradient gain 1.4 -> 1.5 raised SF
     # by 0.10 and AG by 0.04 on MSRS val50 at a cost of 0.04 MI (round 11), so: MI 0.3 with the gain at 1.6, and MI 0.35
     # with the gain at 1.7 (more MI weight to pay for the larger gain), from the same stage 1.
     'cap_w12_c48_f16_mi03_gain16': dict(loss=dict(METRIC_TERMS, mutual_information=0.3, gradient_gain=1.6),
-                                        init='runs/sweep/cap_w12_c48_f16_mi02-stage1/final', round=18),
+                                        init=stage1_init('cap_w12_c48_f16_mi02'), round=18),
     'cap_w12_c48_f16_mi035_gain17': dict(loss=dict(METRIC_TERMS, mutual_information=0.35, gradient_gain=1.7),
-                                         init='runs/sweep/cap_w12_c48_f16_mi02-stage1/final', round=18),
+                                         init=stage1_init('cap_w12_c48_f16_mi02'), round=18),
     # round 19 (declared after round 18 and before its own training; round 18: 4 + 6 and 5 + 6 wins, neither qualifies:
     # the larger gain won back about half of MI 0.3's SF and AG deficit on MSRS val50, SF -0.16 -> -0.06 and AG -0.06 ->
     # -0.03 against the shipped model, and cost MI on TNO).
@@ -199,9 +206,9 @@ FINETUNES = {
     # larger stage-2 crop brings the two closer. RoadScene's smallest image is 178 px high, so: crop 176 (1.9x the
     # pixels per step), batch 8, MI 0.3 and 0.25, from the same stage 1.
     'cap_w12_c48_f16_mi03_crop176': dict(loss=dict(METRIC_TERMS, mutual_information=0.3, gradient_gain=1.4), crop=176,
-                                         init='runs/sweep/cap_w12_c48_f16_mi02-stage1/final', round=19),
+                                         init=stage1_init('cap_w12_c48_f16_mi02'), round=19),
     'cap_w12_c48_f16_mi025_crop176': dict(loss=dict(METRIC_TERMS, mutual_information=0.25, gradient_gain=1.4), crop=176,
-                                          init='runs/sweep/cap_w12_c48_f16_mi02-stage1/final', round=19),
+                                          init=stage1_init('cap_w12_c48_f16_mi02'), round=19),
     # round 20 (declared after round 19 and before its own training; round 19: 5 + 8 and 4 + 7 wins, neither qualifies:
     # the larger crop raised what the metric-shaped terms measure (MI, Qabf, and SSIM by +0.004 on MSRS val50) and cost
     # more EN, SD, SF and AG there). Every stage-2 knob of rounds 10-19 moves along one trade-off from a stage 1 trained
@@ -210,7 +217,7 @@ FINETUNES = {
     # stage 2 as before: the round-17 nearest miss (wider frequency branch, MI 0.3) and the shipped network's widths
     # with MI 0.25.
     'cap_w12_c48_f16_mi03_m1': dict(loss=dict(METRIC_TERMS, mutual_information=0.3, gradient_gain=1.4),
-                                    stage1=dict(width=12, ctx_width=48, **WIDE_FREQUENCY),
+                                    stage1=W12_WIDE_FREQUENCY,
                                     stage1_loss=dict(METRIC_TERMS, mutual_information=0.3, gradient_gain=1.4), round=20),
     'cap_w12_c48_mi025_m1': dict(loss=dict(METRIC_TERMS, mutual_information=0.25, gradient_gain=1.4),
                                  stage1=dict(width=12, ctx_width=48),
@@ -230,12 +237,12 @@ FINETUNES = {
     # the timing noise of the shipped model's), its own stage 1, then the stage 2 of round 17's nearest miss (MI 0.3)
     # and of MI 0.35.
     'cap_w12_c48_f16_mi037_gain17_crop152': dict(loss=dict(METRIC_TERMS, mutual_information=0.37, gradient_gain=1.7), crop=152,
-                                                 init='runs/sweep/cap_w12_c48_f16_mi02-stage1/final', round=21),
+                                                 init=stage1_init('cap_w12_c48_f16_mi02'), round=21),
     'cap_w14_c48_f16_mi03': dict(loss=dict(METRIC_TERMS, mutual_information=0.3, gradient_gain=1.4),
                                  stage1=dict(width=14, ctx_width=48, **WIDE_FREQUENCY),
                                  round=21),
     'cap_w14_c48_f16_mi035': dict(loss=dict(METRIC_TERMS, mutual_information=0.35, gradient_gain=1.4),
-                                  init='runs/sweep/cap_w14_c48_f16_mi03-stage1/final', round=21),
+                                  init=stage1_init('cap_w14_c48_f16_mi03'), round=21),
     # round 22 (2026-12-02, declared after round 21 and before its own training; round 21: 5 + 6, 5 + 7 and 4 + 7 wins,
     # none qualifies). Width 14 did not win EN, SF or AG back (on MSRS val50 it loses them by more than width 12), but
     # with MI 0.35 it is two wins short on MSRS val50, by SD -0.024 and SSIM -0.0003 (it wins MI, SCD, VIF and Qabf),
@@ -245,9 +252,9 @@ FINETUNES = {
     # the metric's SSIM to pay back the SSIM it costs: MI 0.4 with metric SSIM 2.2, MI 0.45 with 2.3 (linear estimates
     # from rounds 11-21: SD +0.03 / +0.13, SSIM +0.0007 / +0.0007, SCD +0.013 / +0.004 against the shipped model).
     'cap_w14_c48_f16_mi04_mssim22': dict(loss=dict(METRIC_TERMS, mutual_information=0.4, metric_ssim=2.2, gradient_gain=1.4),
-                                         init='runs/sweep/cap_w14_c48_f16_mi03-stage1/final', round=22),
+                                         init=stage1_init('cap_w14_c48_f16_mi03'), round=22),
     'cap_w14_c48_f16_mi045_mssim23': dict(loss=dict(METRIC_TERMS, mutual_information=0.45, metric_ssim=2.3, gradient_gain=1.4),
-                                          init='runs/sweep/cap_w14_c48_f16_mi03-stage1/final', round=22),
+                                          init=stage1_init('cap_w14_c48_f16_mi03'), round=22),
     # round 22's outcome: 5 + 6 and 5 + 6 wins. Both win SSIM (+0.002) and MI (+0.29, +0.36) on MSRS val50 and lack SD
     # (-0.04, -0.015), EN, SF and AG there; the seed check below shows the SD miss is not the seed.
     # round 23 (2026-12-02, declared after round 22 and before its own training). The stage-2 knobs are spent (round 21)
@@ -259,10 +266,10 @@ FINETUNES = {
     # costs in stage 2; and a stage 1 that already learns MI (the MI term at 0.2 beside the default terms; in stage 2
     # each 0.05 of MI weight gave SD +0.2), so that stage 2 spends its steps on the rest.
     'cap_w12_c48_f16_s1gain13_mi03': dict(loss=dict(METRIC_TERMS, mutual_information=0.3, gradient_gain=1.4),
-                                          stage1=dict(width=12, ctx_width=48, **WIDE_FREQUENCY),
+                                          stage1=W12_WIDE_FREQUENCY,
                                           stage1_loss=dict(gradient_gain=1.3), round=23),
     'cap_w12_c48_f16_s1mi02_mi03': dict(loss=dict(METRIC_TERMS, mutual_information=0.3, gradient_gain=1.4),
-                                        stage1=dict(width=12, ctx_width=48, **WIDE_FREQUENCY),
+                                        stage1=W12_WIDE_FREQUENCY,
                                         stage1_loss=dict(mutual_information=0.2), round=23),
     # round 23's outcome: 5 + 7 and 5 + 6 wins, neither qualifies. Against round 17's miss (the same stage 2 from the
     # default stage-1 loss), the stage-1 MI term moved the model towards contrast, not MI: on MSRS val50 SD +0.32, SF
@@ -275,11 +282,14 @@ FINETUNES = {
     # pay its MI and VIF on both sets (TNO's MI lead is the thin one). Linear estimates against the shipped model, MSRS
     # val50 + TNO: MI 0.4 with gain 1.6, 6 + 7 wins; MI 0.35 with gain 1.5, 6 + 6 to 7 (both short of SSIM and Qabf on TNO).
     'cap_w12_c48_f16_s1mi02_mi04_gain16': dict(loss=dict(METRIC_TERMS, mutual_information=0.4, gradient_gain=1.6),
-                                               init='runs/sweep/cap_w12_c48_f16_s1mi02_mi03-stage1/final', round=24),
+                                               init=stage1_init('cap_w12_c48_f16_s1mi02_mi03'), round=24),
     'cap_w12_c48_f16_s1mi02_mi035_gain15': dict(loss=dict(METRIC_TERMS, mutual_information=0.35, gradient_gain=1.5),
-                                                init='runs/sweep/cap_w12_c48_f16_s1mi02_mi03-stage1/final', round=24),
+                                                init=stage1_init('cap_w12_c48_f16_s1mi02_mi03'), round=24),
     # round 24's outcome: 5 + 7 and 5 + 7 wins, neither qualifies. As estimated, both win SD, SF, MI and Qabf on MSRS val50
     # (MI +0.35 / +0.28) and 7 of 9 on TNO; they miss AG by 0.003 / 0.0004, and VIF (-0.002), SCD and SSIM (-0.010) there.
+    # The estimates above were worked out by hand and mixed in round 11's default-width gain slope; from the rows named in
+    # the README (round 23's row plus round 17's MI 0.25 -> 0.3 and round 18's gain-1.6 differences, per set) they are
+    # 6 + 7 and 5 + 7, short of AG, SCD and SSIM on MSRS val50 in both.
     # after round 15, not a candidate (kind 'diagnostic' never enters CRITERION_V2): the round-15 choice's MI weight at the
     # default widths, from the default stage 1, to separate what the capacity gives from what MI 0.2 gives
     'ft_edge2_mi02_mssim2_scd025_gain14': dict(loss=dict(METRIC_TERMS, mutual_information=0.2, gradient_gain=1.4), kind='diagnostic'),
@@ -312,8 +322,8 @@ def stage1_owner(name: str) -> str|None:
     if 'stage1' in spec: return name
     init = spec.get('init')
     if init is None: return None
-    owner = init.removeprefix('runs/sweep/').removesuffix('-stage1/final')
-    if owner in FINETUNES and 'stage1' in FINETUNES[owner]: return owner
+    owner = next((o for o, sp in FINETUNES.items() if 'stage1' in sp and stage1_init(o) == init), None)
+    if owner: return owner
     sys.exit(f"--ablate: {name!r} starts from {init}, not from a stage 1 the sweep trains; expected a variant or a fine-tune from a stage 1")
 
 
@@ -389,7 +399,7 @@ def run_variant(name, spec, steps, out):
     res = json.loads(done.read_text())
     return dict(name=name, model=model, loss=loss, overrides=spec, steps=steps,
                 **(dict(kind=spec.get('kind', 'fine-tune'), seed=spec.get('seed', 0),
-                        init_weights=spec.get('init', f'runs/sweep/{name}-stage1/final' if 'stage1' in spec else 'runs/msrs/final'),
+                        init_weights=spec.get('init', stage1_init(name) if 'stage1' in spec else 'runs/msrs/final'),
                         lr=spec.get('lr', 5e-4))
                    if two_stage else {}),
                 train_seconds=res.get('seconds'), final_loss=res.get('loss'), val=score(net))
