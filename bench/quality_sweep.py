@@ -9,10 +9,13 @@ Scores: the evaluator's 9 metrics at full resolution on the 50 MSRS validation p
 the 60 test pairs of data/splits/msrs_test60.txt. Variants are ranked by their mean rank over the 9 metrics on both
 validation sets, among all variants and the per-pixel max (CRITERION below); ties by the metrics that reach the max's.
 Fine-tunes from round 10 on are chosen by CRITERION_V2: wins against the shipped model, counted per metric and set.
+Round 25 calibrates the shipped weights instead (the residual scaled at the output), chosen by CRITERION_V3: metrics
+reaching the per-pixel max, per set.
     OMP_NUM_THREADS=1 python bench/quality_sweep.py --ablate v15_gain_ssim_sharp   # retrain it without each part
     OMP_NUM_THREADS=1 python bench/quality_sweep.py --ablate cap_w12_c48_mi02 --jobs 2   # a fine-tune: both stages without it
     OMP_NUM_THREADS=1 python bench/quality_sweep.py --score-run msrs_ft=runs/msrs_ft:fine-tune   # score a finished run
     OMP_NUM_THREADS=1 python bench/quality_sweep.py --only ft_ssim2,ft_ssim1_int3 --jobs 1   # stage-2 fine-tunes (FINETUNES)
+    OMP_NUM_THREADS=1 python bench/quality_sweep.py --only cap_w12_c48_mi02_rs090 --jobs 1   # a calibration (CALIBRATIONS)
     python bench/quality_sweep.py --summarize          # rewrite results.json and table.md from the recorded rows
 Each variant trains in runs/sweep/<name>/ and resumes there; results go to bench/results/quality_sweep/.
 """
@@ -456,7 +459,7 @@ def main():
         run = Path(spec.partition('=')[2].partition(':')[0])
         if '=' not in spec or not (run / 'result.json').is_file():
             sys.exit(f"--score-run: expected NAME=RUN_DIR[:KIND] with a finished run (RUN_DIR/result.json), got {spec!r}")
-    known = {**VARIANTS, **FINETUNES}
+    known = {**VARIANTS, **FINETUNES, **CALIBRATIONS}
     todo = {k: v for k, v in known.items() if k in a.only.split(',')} if a.only or a.ablate else dict(known)   # --ablate alone: just its runs
     if a.ablate: todo.update(ablations(a.ablate))
     bad = sorted(set(a.only.split(',')) - set(known)) if a.only else []
@@ -478,7 +481,8 @@ def main():
         (row_dir / f'{name}.json').write_text(json.dumps(r, indent=1)); rows[name] = r
     if a.summarize or (a.score_run and not a.only and not a.ablate): todo = {}   # --summarize never trains
     with ProcessPoolExecutor(a.jobs) as ex:
-        futs = {ex.submit(run_variant, k, v, a.steps, a.out): k for k, v in todo.items()}
+        futs = {(ex.submit(run_calibration, k, v) if k in CALIBRATIONS else ex.submit(run_variant, k, v, a.steps, a.out)): k
+                for k, v in todo.items()}
         for f in futs:
             r = f.result(); rows[r['name']] = r
             tmp = row_dir / f".{r['name']}.tmp"; tmp.write_text(json.dumps(r, indent=1)); os.replace(tmp, row_dir / f"{r['name']}.json")
@@ -490,6 +494,8 @@ def main():
     (a.results / 'table.md').write_text(md + '\n')
     print(md); print('chosen (mean rank, rounds 1-9):', summary['winner'])
     if summary['winner_v2']: print('chosen (CRITERION_V2, from round 10):', summary['winner_v2'])
+    c = summary['calibration']
+    print('calibration (CRITERION_V3, round 25):', c['chosen'] or 'none qualifies', f"-> residual_scale {c['residual_scale']}")
 
 
 CRITERION = ("mean rank over the 9 metrics on each of the two validation sets (MSRS val50, TNO), among the variants trained "
@@ -517,6 +523,47 @@ DECISIONS = (('ft_mssim2_2000', 11), ('ft_edge2_mi01_mssim2_scd025_gain14', 12),
 INCUMBENT_ROW = 'cap_w12_c48_mi02'   # the sweep row of the shipped `msrs` (the last decision's choice); the record's
                                      # `≥ incumbent` counts against it, and the next round's decision starts from it
 VAL_SETS = ('msrs_val50', 'tno')
+
+# round 25 (2026-12-02, declared before it was scored). Rounds 14-24 trained 25 candidates against the shipped model and
+# none qualified. Every near miss since round 17 trades MI, Qabf and SSIM against EN, SD, SF and AG, and CRITERION_V2,
+# which counts wins against the shipped model, accepts only a gain on six metrics at once, never a move along that
+# trade. The trade itself is one number of the shipped network: how much of its residual reaches the output
+# (SFOFusionConfig.residual_scale). bench/residual_scale.py measured it on the model shipped in round 3: on MSRS val50,
+# scale 0.75 gave MI +0.22, SSIM +0.009 and Qabf +0.003 for SD -0.87, SF -0.53, AG -0.20 and EN -0.023. So calibrate
+# the shipped weights (`CALIBRATION_BASE`, whose validation scores are INCUMBENT_ROW's to the digit), no training: the
+# residual scaled by each of these factors, chosen by CRITERION_V3 (declared with this round, below).
+CALIBRATION_BASE = 'msrs'
+CALIBRATION_SCALES = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
+CALIBRATIONS = {f'{INCUMBENT_ROW}_rs{round(100 * b):03d}': dict(residual_scale=b, round=25) for b in CALIBRATION_SCALES}
+CRITERION_V3 = ("declared on 2026-12-02 before round 25 was scored, for calibrations of the shipped model (CALIBRATIONS: "
+                "its weights with the residual scaled at the output). A calibration moves metrics against each other, so "
+                "wins against the shipped model (CRITERION_V2) cannot accept one; it is judged against the one fixed "
+                "reference the validation pairs afford, the per-pixel max (the bar's fourth count): per validation set, "
+                "the metrics whose mean reaches the max's. A calibration qualifies if that count is at least the shipped "
+                "model's on each of MSRS val50 and TNO and above it on their sum; of the qualifiers the largest scale (the "
+                "least change to the trained network) is shipped; with none the scale stays 1")
+
+
+def choose_v3(rows: dict) -> str|None:
+    "CRITERION_V3 over raw rows (name -> row, with 'max' and INCUMBENT_ROW): the calibration to ship, or None (scale 1)."
+    ref, base = rows['max'], wins_per_set(rows[INCUMBENT_ROW], rows['max'])
+    def better(r):
+        w = wins_per_set(r, ref)
+        return all(w[s] >= base[s] for s in VAL_SETS) and sum(w.values()) > sum(base.values())
+    q = [r for r in rows.values() if r.get('kind') == 'calibration' and better(r)]
+    return max(q, key=lambda r: (r['residual_scale'], r['name']))['name'] if q else None
+
+
+def run_calibration(name: str, spec: dict) -> dict:
+    "A sweep row for CALIBRATIONS[name]: CALIBRATION_BASE's weights with the residual scaled, scored on the validation sets."
+    from dataclasses import asdict, replace
+    from sfofusion.model import SFOFusion
+    torch.set_num_threads(1)
+    base = SFOFusion.from_pretrained(CALIBRATION_BASE)
+    net = SFOFusion(replace(base.config, residual_scale=spec['residual_scale'])).eval()
+    net.load_state_dict(base.state_dict())
+    return dict(name=name, kind='calibration', base=INCUMBENT_ROW, weights=CALIBRATION_BASE, residual_scale=spec['residual_scale'],
+                model=asdict(net.config), loss=None, steps=0, val=score(net))
 CRITERION_V2 = ("declared on 2026-12-01 before round 10, because the bar counts metrics and the mean rank does not: a "
                 "fine-tune's wins against the incumbent (the shipped model's row) are the metrics, of 9 per validation set, "
                 "whose mean reaches the incumbent's; it qualifies with at least 6 wins on each of MSRS val50 and TNO and at "
@@ -563,11 +610,16 @@ def summarize(rows: dict, steps: int) -> dict:
                  for inc, last in DECISIONS if inc in rows]
     if INCUMBENT_ROW in rows:   # every fine-tune's standing against the shipped model, for the table (seed checks, diagnostics: wins only)
         for r in out:
-            if r.get('kind') in ('fine-tune', 'seed check', 'diagnostic', 'ablation') and r['name'] != INCUMBENT_ROW:
+            if r.get('kind') in ('fine-tune', 'seed check', 'diagnostic', 'ablation', 'calibration') and r['name'] != INCUMBENT_ROW:
                 r['wins_vs_incumbent'] = wins_per_set(r, rows[INCUMBENT_ROW])
                 if r['kind'] == 'fine-tune': r['qualifies'] = qualifies(r, rows[INCUMBENT_ROW])
+    chosen = choose_v3(rows) if INCUMBENT_ROW in rows else None
+    scaled = [r for r in rows.values() if r['name'] == INCUMBENT_ROW or r.get('kind') == 'calibration']   # CRITERION_V3's counts
+    calibration = dict(criterion=CRITERION_V3, base=INCUMBENT_ROW, chosen=chosen,
+                       residual_scale=rows[chosen]['residual_scale'] if chosen else 1.0,
+                       wins_vs_max_per_set={r['name']: wins_per_set(r, ref) for r in scaled})
     return dict(criterion=CRITERION, steps=steps, winner=winner, criterion_v2=CRITERION_V2, incumbent=INCUMBENT_ROW,
-                decisions=decisions, winner_v2=decisions[-1]['chosen'] if decisions else None,
+                decisions=decisions, winner_v2=decisions[-1]['chosen'] if decisions else None, calibration=calibration,
                 rows=[{**ref, 'role': 'reference', 'mean_rank': rank['max']}] + out)
 
 

@@ -64,6 +64,9 @@ class SFOFusionConfig:
                                     # (chosen by the sweep in 07_train: 20 and 150 ranked lower)
     freq_detail: bool = False       # 'select' head: a third channel scales the frequency branch's high-frequency image
                                     # into the residual (the branch's band gains then shape the added detail directly)
+    residual_scale: float = 1.0     # 'select' head: the residual is multiplied by this before it joins the blend (1: as
+                                    # trained). A calibration set after training on validation pairs, never trained with:
+                                    # below 1 it trades added detail for the sources' own grey levels; 0 leaves the blend
     decoder_init: float = 0.1       # scale of the decoder's last layer at init: output starts near the initial estimate
     skip_gain: float = 4.0          # 'logit' head only: logits start as 4 (freq - 1/2), unit slope through sigmoid
     output_norm: str = 'none'       # 'logit' head only: 'minmax' stretched each image to [0, 1] (gameable: see the notebook)
@@ -89,6 +92,9 @@ class SFOFusionConfig:
                                    f"expected 'none', got {self.output_norm!r}")
         if not self.select_sharpness > 0:
             raise FusionInputError(f"SFOFusionConfig.select_sharpness: expected a value > 0, got {self.select_sharpness}")
+        b = self.residual_scale
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < float('inf'):
+            raise FusionInputError(f"SFOFusionConfig.residual_scale: expected a finite number >= 0, got {b!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> SFOFusionConfig:
@@ -317,6 +323,8 @@ class SFOFusion(nn.Module):
                 if cfg.freq_detail:  # residual += d * (high-frequency image of the frequency branch); none without the branch
                     detail = head[:, 2:3] * info['freq_parts'][:, 1:2] if cfg.use_frequency else 0.
                     head = torch.cat([head[:, :1], head[:, 1:2] + detail], 1)                 # (B, 2, H, W)
+                if cfg.residual_scale != 1:  # the calibration: the residual scaled (so too in the tiles of fuse_tiled)
+                    head = torch.cat([head[:, :1], cfg.residual_scale * head[:, 1:2]], 1)
                 fused, share, residual = source_select(src32[:, :1], src32[:, 1:], head, cfg.select_sharpness)
                 extra = dict(select=share, residual=residual, head=head)
             else:

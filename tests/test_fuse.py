@@ -197,6 +197,17 @@ def test_tile_errors(net):
     with pytest.raises(FusionInputError, match='`ir`'): fuse_tiled(net, ir[0], ir)
 
 
+def test_tiled_keeps_the_residual_scale(net):
+    from dataclasses import replace
+    p = synthetic_pair(192, 256, seed=2)
+    ir, vis = p['ir'][None], p['vis'][None]
+    half = SFOFusion(replace(net.config, residual_scale=0.5)).eval(); half.load_state_dict(net.state_dict())
+    with torch.inference_mode(): whole, full = half(ir, vis), net.forward_aux(ir, vis)
+    torch.testing.assert_close(fuse_tiled(half, ir, vis, tile=256), whole, atol=1e-5, rtol=0)   # one tile: the forward
+    torch.testing.assert_close(whole, compose_select(ir, vis, full['select'], 0.5 * full['residual'])[0], atol=1e-6, rtol=0)
+    assert (whole - full['fused']).abs().max() > 1e-4                                            # the scale took effect
+
+
 @pytest.mark.skipif('msrs' not in shipped_models(), reason='the shipped msrs weights are not installed')
 def test_shipped_msrs_tiled_and_fused():
     p = synthetic_pair(384, 512, seed=1, rgb=True)

@@ -125,6 +125,35 @@ def test_shipped_msrs_is_the_sweeps_choice(q):
     else: assert init == Path(stage1.out_dir)/'final' and stage1.model == {}
 
 
+def test_criterion_v3_counts_metrics_reaching_the_max(q, monkeypatch):
+    inc = _row(q.INCUMBENT_ROW, [1.]*6 + [-1.]*3, [1.]*6 + [-1.]*3)     # 6 + 6 metrics reach the max (0)
+    cal = lambda name, b, m, t: {**_row(name, m, t, kind='calibration'), 'residual_scale': b}
+    rows = {'max': _row('max', 0., 0.), inc['name']: inc,
+            'same': cal('same', 0.95, [1.]*6 + [-1.]*3, [1.]*6 + [-1.]*3),   # the same counts: does not qualify
+            'trade': cal('trade', 0.99, [1.]*9, [1.]*5 + [-1.]*4),           # 9 + 5: gives one up on TNO, does not
+            'b': cal('b', 0.8, [1.]*7 + [-1.]*2, [1.]*6 + [-1.]*3),          # 7 + 6: qualifies
+            'c': cal('c', 0.7, [1.]*8 + [-1.], [1.]*6 + [-1.]*3),            # 8 + 6: qualifies, but a smaller scale
+            'ft': _row('ft', 5., 5.),                                          # a fine-tune is never a calibration
+            'variant': _row('variant', 0.5, 0.5, kind=None)}
+    assert q.choose_v3(rows) == 'b'                                        # the largest qualifying scale
+    c = q.summarize(rows, 1000)['calibration']
+    assert (c['chosen'], c['residual_scale'], c['wins_vs_max_per_set']['c']) == ('b', 0.8, {'msrs_val50': 8, 'tno': 6})
+    for name in ('b', 'c'): rows.pop(name)
+    c = q.summarize(rows, 1000)['calibration']
+    assert c['chosen'] is None and c['residual_scale'] == 1.0              # no qualifier: the scale stays 1
+
+
+def test_shipped_msrs_carries_the_calibration(q):
+    "The shipped config's residual scale is CRITERION_V3's choice, and its card's validation scores are that row's."
+    rec = json.loads((SWEEP/'results.json').read_text())
+    w = ROOT/'sfofusion'/'weights'/'msrs'
+    assert json.loads((w/'config.json').read_text()).get('residual_scale', 1.0) == rec['calibration']['residual_scale']
+    row = next(r for r in rec['rows'] if r['name'] == (rec['calibration']['chosen'] or q.INCUMBENT_ROW))
+    card = json.loads((w/'card.json').read_text())['eval']
+    for s in q.VAL_SETS:
+        assert card[s] == pytest.approx(row['val'][s], abs=6e-5), s     # the card rounds to 4 decimals
+
+
 def test_sweep_summarize_command(tmp_path):
     "`python bench/quality_sweep.py --summarize`, as its docstring runs it, rewrites the committed record unchanged."
     import shutil, subprocess, sys
