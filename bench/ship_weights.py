@@ -4,6 +4,7 @@
         --eval msrs_val50=../shared/data/MSRS/test@data/splits/msrs_val50.txt --eval tno=../shared/data/TNO
     python bench/ship_weights.py runs/meta_exp/seed0/meta --name msrs_det --eval tno=../shared/data/TNO   # task-oriented run
     python bench/ship_weights.py runs/msrs_w12 --name msrs --record-only    # only the training record of a stage 1
+    python bench/ship_weights.py runs/msrs_ft_w12 --name msrs --residual-scale 0.9 --eval ...   # calibrated (sweep round 25)
 
 Copies the run's `final/` weights (or its latest checkpoint's) to `sfofusion/weights/<name>/` (model.safetensors,
 config.json), measures the evaluator's metrics on --eval pairs (LABEL=FOLDER, optionally @NAMES_FILE to take only the listed pairs;
@@ -11,8 +12,10 @@ full resolution, community conventions), and writes
 MODEL_CARD.md and card.json there from the run's own config and log. The training record (config, log, loss curve,
 result; for task-oriented runs also the balance figure) is copied to bench/results/<run name>/ (--record to rename).
 Runs of `train_meta` (config with a `mode`) are described as task-oriented: task, mode, initial weights, final λ.
+--residual-scale ships the weights with their residual scaled at the output (SFOFusionConfig.residual_scale), the
+calibration that bench/quality_sweep.py chooses on the validation pairs (CRITERION_V3); the card says so.
 """
-import argparse, dataclasses, datetime, json, shutil
+import argparse, dataclasses, datetime, json, math, shutil
 from pathlib import Path
 
 from sfofusion.core import atomic_write_bytes
@@ -51,8 +54,12 @@ def main():
     p.add_argument('--record', help='folder name of the training record under bench/results (default: the run folder name)')
     p.add_argument('--record-only', action='store_true',
                    help='only copy the training record to bench/results (e.g. the stage 1 a shipped fine-tune started from)')
+    p.add_argument('--residual-scale', type=float, default=None,
+                   help="ship with the residual scaled at the output by this factor (a calibration chosen on validation pairs; default: the run's own)")
     a = p.parse_args()
     if not (a.run/'config.json').is_file(): p.error(f"run: expected a training run folder with config.json, got {a.run}")
+    if a.residual_scale is not None and not (math.isfinite(a.residual_scale) and a.residual_scale >= 0):
+        p.error(f"--residual-scale: expected a finite number >= 0, got {a.residual_scale}")
     if a.record_only: print(write_record(a.run, a.record or a.run.name)); return
     cfg = json.loads((a.run/'config.json').read_text())
     if a.checkpoint == 'final':
@@ -64,6 +71,9 @@ def main():
         model = SFOFusion(SFOFusionConfig(**cfg.get('model', {})))
         from safetensors.torch import load_file
         model.load_state_dict(load_file(str(ck/'model.safetensors')))
+    trained_scale = model.config.residual_scale
+    if a.residual_scale is not None:   # the calibration: the same weights, the residual scaled at the output
+        model = calibrated(model, a.residual_scale)
     dest = weights_dir()/a.name
     model.save_pretrained(dest)
     metrics = {}
@@ -86,7 +96,8 @@ def main():
                 seed=cfg['seed'], device=cfg['device'], precision=cfg['precision'], params=count_parameters(model),
                 flops_640x480=fl['flops'], architecture=arch, final_train_loss=log[-1]['loss'] if log else None,
                 eval={k: {m: round(v, 4) for m, v in d.items()} for k, d in metrics.items()},
-                eval_pairs=a.eval_pairs, record=f'bench/results/{rec_name}/', mode=mode, init_weights=cfg.get('init_weights') or None)
+                eval_pairs=a.eval_pairs, record=f'bench/results/{rec_name}/', mode=mode, init_weights=cfg.get('init_weights') or None,
+                residual_scale=model.config.residual_scale)
     if mode != 'fusion-only':
         card.update(task=cfg['task'], init_weights=cfg.get('init_weights') or None, init_task=cfg.get('init_task') or None,
                     scale=cfg.get('scale'), holdout=cfg.get('holdout'), final_lambda=res.get('lam'),
@@ -106,6 +117,10 @@ def main():
               f"fusion loss plus λ × the detector's loss (final λ {res.get('lam', float('nan')):.3g})"),
              f"(crops {cfg['crop']}², batch {cfg['batch_size']}, AdamW lr {cfg['lr']}, warm-up + cosine, seed {cfg['seed']}, "
              f"device {cfg['device']}, {cfg['precision']}). Packaged {card['date']}.", ""]
+    if model.config.residual_scale != trained_scale:
+        lines += [f"Calibrated when packaged: the trained weights unchanged, the residual scaled by {model.config.residual_scale:g} at "
+                  f"the output (`residual_scale`; trained at {trained_scale:g}), the scale chosen on the validation pairs "
+                  "(`bench/quality_sweep.py`, CRITERION_V3). The evaluations below are of the calibrated model.", ""]
     if metrics:
         lines += ["Evaluated with `sfofusion.metrics` (community conventions; fused image rounded to 8 bits; "
                   f"{'first ' + str(a.eval_pairs) + ' pairs' if a.eval_pairs else 'all pairs'} of each set, full resolution):", "",
@@ -117,6 +132,13 @@ def main():
     atomic_write_bytes(dest/'MODEL_CARD.md', ('\n'.join(lines) + '\n').encode())
     write_record(a.run, rec_name, plot=mode == 'fusion-only')
     print((dest/'MODEL_CARD.md').read_text())
+
+
+def calibrated(model: SFOFusion, residual_scale: float) -> SFOFusion:
+    "`model`'s weights in a network whose residual is scaled by `residual_scale` at the output."
+    out = SFOFusion(dataclasses.replace(model.config, residual_scale=residual_scale)).eval()
+    out.load_state_dict(model.state_dict())
+    return out
 
 
 def write_record(run: Path, rec_name: str, plot: bool = True) -> Path:

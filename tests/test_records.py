@@ -154,6 +154,17 @@ def test_shipped_msrs_carries_the_calibration(q):
         assert card[s] == pytest.approx(row['val'][s], abs=6e-5), s     # the card rounds to 4 decimals
 
 
+def test_ship_weights_refuses_a_bad_residual_scale(tmp_path):
+    "A bad --residual-scale is one line naming the flag, before anything is written."
+    import subprocess, sys
+    (tmp_path/'config.json').write_text('{}')
+    for bad in ('-0.5', 'nan'):
+        r = subprocess.run([sys.executable, str(ROOT/'bench'/'ship_weights.py'), str(tmp_path), '--name', 'x', '--residual-scale', bad],
+                           capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith(f"--residual-scale: expected a finite number >= 0, got {float(bad)}")
+    assert not (ROOT/'sfofusion'/'weights'/'x').exists()
+
+
 def test_sweep_summarize_command(tmp_path):
     "`python bench/quality_sweep.py --summarize`, as its docstring runs it, rewrites the committed record unchanged."
     import shutil, subprocess, sys
