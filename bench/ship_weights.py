@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sfofusion.core import atomic_write_bytes
 from sfofusion.losses import LossConfig
-from sfofusion.model import SFOFusion, SFOFusionConfig, count_parameters, weights_dir
+from sfofusion.model import SFOFusion, SFOFusionConfig, count_parameters, weights_dir, with_residual_scale
 from sfofusion.flops import count_flops
 from sfofusion.engine import latest_checkpoint, read_log, plot_log
 from sfofusion.train import validate
@@ -73,7 +73,7 @@ def main():
         model.load_state_dict(load_file(str(ck/'model.safetensors')))
     trained_scale = model.config.residual_scale
     if a.residual_scale is not None:   # the calibration: the same weights, the residual scaled at the output
-        model = calibrated(model, a.residual_scale)
+        model = with_residual_scale(model, a.residual_scale)
     dest = weights_dir()/a.name
     model.save_pretrained(dest)
     metrics = {}
@@ -83,8 +83,8 @@ def main():
         metrics[label or Path(folder).name] = validate(model, folder, a.eval_pairs or None, names=f'@{names}' if names else None)
     fl = count_flops(model, 480, 640)
     default = SFOFusionConfig()   # the architecture where it departs from the library's defaults (e.g. a wider network)
-    arch = {f.name: getattr(model.config, f.name) for f in dataclasses.fields(SFOFusionConfig)
-            if getattr(model.config, f.name) != getattr(default, f.name)}
+    arch = {f.name: getattr(model.config, f.name) for f in dataclasses.fields(SFOFusionConfig)   # a calibration has its own line
+            if getattr(model.config, f.name) != getattr(default, f.name) and not (f.name == 'residual_scale' and a.residual_scale is not None)}
     log = {r['step']: r for r in read_log(a.run/'log.jsonl') if 'loss' in r}  # a resumed run re-logs steps: keep the last
     log = [log[k] for k in sorted(log)]
     res = json.loads((a.run/'result.json').read_text()) if (a.run/'result.json').is_file() else {}
@@ -132,13 +132,6 @@ def main():
     atomic_write_bytes(dest/'MODEL_CARD.md', ('\n'.join(lines) + '\n').encode())
     write_record(a.run, rec_name, plot=mode == 'fusion-only')
     print((dest/'MODEL_CARD.md').read_text())
-
-
-def calibrated(model: SFOFusion, residual_scale: float) -> SFOFusion:
-    "`model`'s weights in a network whose residual is scaled by `residual_scale` at the output."
-    out = SFOFusion(dataclasses.replace(model.config, residual_scale=residual_scale)).eval()
-    out.load_state_dict(model.state_dict())
-    return out
 
 
 def write_record(run: Path, rec_name: str, plot: bool = True) -> Path:

@@ -19,7 +19,7 @@ from .data import get_dataset, SyntheticPairs, SYNTHETIC_CLASSES, crop_boxes
 from .metrics import compute_metrics
 from .meta import MetaConfig, train_meta, MODES, head_step
 from .data import Rescaled, holdout_split
-from .model import SFOFusion, model_files
+from .model import SFOFusion, model_files, with_residual_scale
 from .tasks import build_task, load_task, save_task
 from .train import read_names
 from .engine import check_keys, lr_schedule
@@ -234,7 +234,7 @@ def summary_markdown(summary: list) -> str:
 def _warm_head(cfg, recipe, train, val, ncls, names, seed, folder: Path) -> str:
     "Folder of this seed's warm task head, trained (with `recipe`) on the initial network's fused images unless saved."
     if not (folder/'task.json').is_file():
-        init = SFOFusion.from_pretrained(cfg.fusion['init_weights']).to(cfg.device)
+        init = with_residual_scale(SFOFusion.from_pretrained(cfg.fusion['init_weights']), 1.).to(cfg.device)  # as initial_model
         det = train_detector(fuse_with(init, train['ir'], train['vis']), train['targets'],
                              fuse_with(init, val['ir'], val['vis']), val['targets'], recipe, seed=seed,
                              device=cfg.device, num_classes=ncls, class_names=names)

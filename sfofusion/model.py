@@ -7,7 +7,7 @@ Docs: https://github.com/sfofusion/sfofusion/model.html.md"""
 # %% ../nbs/03_model.ipynb #6a149994
 from __future__ import annotations
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from .spectrum import (AmplitudeFusion, FrequencyGain, PhaseAlign, PhaseFusion, 
 __all__ = ['PAD', 'WEIGHTS_FILE', 'CONFIG_FILE', 'SFOFusionConfig', 'SpectralChannelGate', 'FrequencyBranch', 'edge_kernels',
            'EdgeEnhance', 'ContextBlock', 'GuidedExtractor', 'DifferenceCompensation', 'normalize_per_image',
            'compose_select', 'source_select', 'DualDomainMerge', 'SFOFusion', 'build_model', 'count_parameters',
-           'weights_dir', 'shipped_models', 'model_files']
+           'with_residual_scale', 'weights_dir', 'shipped_models', 'model_files']
 
 # %% ../nbs/03_model.ipynb #0071e759
 @dataclass
@@ -95,6 +95,9 @@ class SFOFusionConfig:
         b = self.residual_scale
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < float('inf'):
             raise FusionInputError(f"SFOFusionConfig.residual_scale: expected a finite number >= 0, got {b!r}")
+        if self.output_head != 'select' and b != 1:
+            raise FusionInputError(f"SFOFusionConfig.residual_scale: only the 'select' head has a residual; expected 1 with "
+                                   f"output_head={self.output_head!r}, got {b!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> SFOFusionConfig:
@@ -364,6 +367,16 @@ def build_model(config: SFOFusionConfig|None=None, # None: the default configura
 def count_parameters(model: nn.Module, trainable_only: bool=False) -> int:
     "Number of parameters of `model` (optionally only those requiring gradients)."
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+# %% ../nbs/03_model.ipynb #7dda3ea4
+def with_residual_scale(model: SFOFusion, # a 'select'-head network
+                        scale: float,     # the new residual_scale (1: the network as trained)
+                       ) -> SFOFusion:    # the same weights, on the same device and in the same mode; `model` if unchanged
+    "`model`'s weights in a network whose residual is scaled by `scale` at the output (the config is checked as usual)."
+    if model.config.residual_scale == scale: return model
+    out = SFOFusion(replace(model.config, residual_scale=scale)).to(next(model.parameters()).device)
+    out.load_state_dict(model.state_dict())
+    return out.train(model.training)
 
 # %% ../nbs/03_model.ipynb #a08058ee
 WEIGHTS_FILE, CONFIG_FILE = 'model.safetensors', 'config.json'

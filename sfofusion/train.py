@@ -20,7 +20,7 @@ from .engine import (LoopState, autocast_for, check_keys, coerce_value, config_f
                               is_num, field_default, log_row, lr_at, make_scaler, nested_config, optimizer_step,
                               plot_log, read_config_file, replica_max_diff, require, resume_from, run_loop,
                               save_step_checkpoint, start_run, last_row)
-from .model import SFOFusion, SFOFusionConfig, build_model
+from .model import SFOFusion, SFOFusionConfig, build_model, with_residual_scale
 from .losses import FusionLoss, LossConfig
 from .data import DATASETS, get_dataset, FusionCrops, SyntheticPairs, collate_fusion
 from .metrics import compute_metrics
@@ -238,6 +238,8 @@ def initial_model(cfg: TrainConfig) -> SFOFusion:
     "The network a run starts from: fresh, or `init_weights` (with `cfg.model` overriding its saved config)."
     if not cfg.init_weights: return build_model(nested_config(SFOFusionConfig, cfg.model, 'model'))
     model = SFOFusion.from_pretrained(cfg.init_weights, arg='init_weights')
+    if 'residual_scale' not in cfg.model:   # a shipped calibration applies at inference: train the network as trained
+        model = with_residual_scale(model, 1.)
     if cfg.model:  # e.g. fine-tune with another select_sharpness: the same weights in a network built with the overrides
         new = build_model(nested_config(SFOFusionConfig, cfg.model, 'model', base=dataclasses.asdict(model.config)))
         new.load_state_dict(model.state_dict())

@@ -127,12 +127,13 @@ def test_shipped_msrs_is_the_sweeps_choice(q):
 
 def test_criterion_v3_counts_metrics_reaching_the_max(q, monkeypatch):
     inc = _row(q.INCUMBENT_ROW, [1.]*6 + [-1.]*3, [1.]*6 + [-1.]*3)     # 6 + 6 metrics reach the max (0)
-    cal = lambda name, b, m, t: {**_row(name, m, t, kind='calibration'), 'residual_scale': b}
+    cal = lambda name, b, m, t, base=q.INCUMBENT_ROW: {**_row(name, m, t, kind='calibration'), 'residual_scale': b, 'base': base}
     rows = {'max': _row('max', 0., 0.), inc['name']: inc,
             'same': cal('same', 0.95, [1.]*6 + [-1.]*3, [1.]*6 + [-1.]*3),   # the same counts: does not qualify
             'trade': cal('trade', 0.99, [1.]*9, [1.]*5 + [-1.]*4),           # 9 + 5: gives one up on TNO, does not
             'b': cal('b', 0.8, [1.]*7 + [-1.]*2, [1.]*6 + [-1.]*3),          # 7 + 6: qualifies
             'c': cal('c', 0.7, [1.]*8 + [-1.], [1.]*6 + [-1.]*3),            # 8 + 6: qualifies, but a smaller scale
+            'old': cal('old', 0.9, [1.]*9, [1.]*9, base='an_earlier_model'),  # a calibration of other weights: never
             'ft': _row('ft', 5., 5.),                                          # a fine-tune is never a calibration
             'variant': _row('variant', 0.5, 0.5, kind=None)}
     assert q.choose_v3(rows) == 'b'                                        # the largest qualifying scale
@@ -149,6 +150,9 @@ def test_shipped_msrs_carries_the_calibration(q):
     w = ROOT/'sfofusion'/'weights'/'msrs'
     assert json.loads((w/'config.json').read_text()).get('residual_scale', 1.0) == rec['calibration']['residual_scale']
     row = next(r for r in rec['rows'] if r['name'] == (rec['calibration']['chosen'] or q.INCUMBENT_ROW))
+    if rec['calibration']['chosen']:   # the chosen scale is of these very weights
+        from sfofusion.data import sha256_file
+        assert sha256_file(w/'model.safetensors') == row['weights_sha256'] and row['base'] == q.INCUMBENT_ROW
     card = json.loads((w/'card.json').read_text())['eval']
     for s in q.VAL_SETS:
         assert card[s] == pytest.approx(row['val'][s], abs=6e-5), s     # the card rounds to 4 decimals
