@@ -27,12 +27,13 @@ from .train import read_names
 # %% auto #0
 __all__ = ['PUBLISHED', 'SET_ROOTS', 'evenly', 'BenchSet', 'benchmark_set', 'method_dir', 'fuse_set', 'ScoreCache', 'mean_scores',
            'per_image_csv', 'reference_deviation', 'published_costs', 'cpu_times', 'method_costs', 'means_table',
-           'cost_table', 'paired_comparison', 'comparison_counts', 'comparison_table', 'warm_window',
-           'qualitative_figure']
+           'cost_table', 'paired_comparison', 'comparison_counts', 'comparison_table', 'count_outlook', 'outlook_table',
+           'warm_window', 'qualitative_figure']
 
 # %% ../nbs/14a_benchmark.ipynb #0758fa2d
 PUBLISHED = {'ReFusion': 'refusion', 'SeAFusion': 'seafusion', 'SFDFusion': 'sfdfusion'}  # name -> reference/fused/<dir>
-SET_ROOTS = dict(msrs60='MSRS/test', msrs_val50='MSRS/test', msrs='MSRS/test', tno='TNO', roadscene='RoadScene')
+SET_ROOTS = dict(msrs60='MSRS/test', msrs_val50='MSRS/test', msrs='MSRS/test', tno='TNO', roadscene='RoadScene',
+                 llvip='LLVIP')
 
 def evenly(names: list, k: int) -> list:
     "`k` names evenly spaced over `names` (all when k is 0 or too large)."
@@ -220,6 +221,60 @@ def comparison_table(comp: dict) -> str:
     counts = comparison_counts(comp)
     return head + ''.join(f"| {o} | {' | '.join(cell(c[k]) for k in metrics)} | {counts[o][0]} ({counts[o][1]}) | {counts[o][2]} |\n"
                           for o, c in comp.items())
+
+# %% ../nbs/14a_benchmark.ipynb #61c06829
+def _block_draws(n: int, m: int, block: int, draws: int, gen: torch.Generator) -> Tensor:
+    "(draws, m) indices into range(n): circular blocks of `block` consecutive indices from uniform starts, cut to m."
+    starts = torch.randint(0, n, (draws, -(-m // block)), generator=gen)
+    return ((starts[..., None] + torch.arange(block)) % n).flatten(1)[:, :m]
+
+def count_outlook(per_image: dict,       # method -> image -> metric -> value; every method scored on the same images
+                  ours: str,             # the method compared, a key of per_image
+                  others: list,          # the methods it is compared with
+                  bars: dict|None=None,  # other -> the count it must reach (e.g. {'ReFusion': 7}); others without one get no p_bar
+                  metrics: tuple=METRICS,
+                  new_pairs: int=0,      # size of the imagined fresh set (0: as many as observed)
+                  block: int=1,          # pairs drawn in circular blocks of this many consecutive (sorted) names
+                  draws: int=4000,       # bootstrap draws
+                  seed: int=0,
+                 ) -> dict:              # other -> dict(count, bar, p_bar, p_count, p_metric)
+    "Predictive bootstrap of the bar's count on a fresh set of pairs: P(count >= bar), P(count = k), P(each lead holds)."
+    bars = dict(bars or {})
+    comp = paired_comparison(per_image, ours, others, metrics)      # checks the methods, images and metrics
+    names = sorted(per_image[ours]); n = len(names)
+    for k, v in (('new_pairs', new_pairs), ('block', block), ('draws', draws)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == 'new_pairs' else 1):
+            raise FusionInputError(f"{k}: expected an integer >= {0 if k == 'new_pairs' else 1}, got {v!r}")
+    if block > n: raise FusionInputError(f"block: expected at most the {n} observed pairs, got {block}")
+    unknown = sorted(set(bars) - set(others))
+    if unknown: raise FusionInputError(f"bars: expected keys among the others {list(others)}, got {unknown}")
+    bad = {o: b for o, b in bars.items() if not isinstance(b, int) or isinstance(b, bool) or not 0 <= b <= len(metrics)}
+    if bad: raise FusionInputError(f"bars: expected counts from 0 to {len(metrics)}, got {bad}")
+    m, gen = new_pairs or n, torch.Generator().manual_seed(seed)
+    population = _block_draws(n, n, block, draws, gen)               # stage 1: a plausible population
+    fresh = population.gather(1, _block_draws(n, m, block, draws, gen))  # stage 2: a fresh set drawn from it
+    res = {}
+    for o in others:
+        d = torch.tensor([[per_image[ours][x][k] - per_image[o][x][k] for k in metrics] for x in names], dtype=torch.float64)
+        lead = d[fresh].mean(1) >= 0                                 # (draws, metrics): the bar's reading, per draw
+        count = lead.sum(1)
+        p_count = [float((count == c).double().mean()) for c in range(len(metrics) + 1)]
+        bar = bars.get(o)
+        res[o] = dict(count=sum(comp[o][k]['mean'] >= 0 for k in metrics), bar=bar,
+                      p_bar=None if bar is None else float((count >= bar).double().mean()), p_count=p_count,
+                      p_metric={k: float(v) for k, v in zip(metrics, lead.double().mean(0))},
+                      n=n, new_pairs=m, block=block, draws=draws)
+    return res
+
+def outlook_table(outlook: dict) -> str:
+    "Markdown: per other method, the observed count, the bar, P(fresh count >= bar) and P(each lead holds)."
+    if not outlook: raise FusionInputError("outlook: expected the result of count_outlook for at least one method, got none")
+    metrics = list(next(iter(outlook.values()))['p_metric'])
+    pct = lambda v: '–' if v is None else f"{100 * v:.0f}%"
+    head = f"| ours against | count | bar | P(count ≥ bar) | {' | '.join(metrics)} |\n|---|---|---|---|{'---|' * len(metrics)}\n"
+    return head + ''.join(f"| {o} | {r['count']} | {'–' if r['bar'] is None else r['bar']} | {pct(r['p_bar'])} | "
+                          f"{' | '.join(pct(r['p_metric'][k]) for k in metrics)} |\n" for o, r in outlook.items())
+
 
 # %% ../nbs/14a_benchmark.ipynb #ae71745f
 def warm_window(ir: Tensor, # (1, 1, H, W)

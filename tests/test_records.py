@@ -187,6 +187,45 @@ def test_readme_carries_the_paired_table():
     assert table in (ROOT/'README.md').read_text(), "README's paired table differs from figures/benchmark_results.json: paste the new one"
 
 
+BENCH = ROOT/'bench'/'results'/'benchmark'
+
+
+def _per_image(key):
+    "method -> image -> metric -> value, read back from the committed per-image CSVs of one benchmark set."
+    import csv
+    rows = {}
+    for f in sorted((BENCH/'per_image'/key).glob('*.csv')):
+        with open(f, newline='') as fh: rows[f.stem] = {r.pop('image'): {k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)}
+    return rows
+
+
+@pytest.mark.parametrize('key', ['msrs60', 'msrs_val50', 'tno', 'llvip'])
+def test_benchmark_record_recomputed_from_per_image_scores(key):
+    "The record's means, paired intervals and count outlook are what the committed per-image scores give."
+    from sfofusion.benchmark import count_outlook, mean_scores, paired_comparison
+    rec = json.loads((ROOT/'figures'/'benchmark_results.json').read_text())['datasets'][key]
+    rows = _per_image(key)
+    ours = 'SFOFusion (ours)'
+    rows[ours] = rows.pop('SFOFusion')
+    assert all(len(r) == rec['pairs'] for r in rows.values())
+    assert {m: mean_scores(r) for m, r in rows.items()} == {m: rec['means'][m] for m in rows}
+    bar = ('EN', 'SD', 'SF', 'AG', 'MI', 'SCD', 'VIF', 'Qabf', 'SSIM')
+    assert paired_comparison(rows, ours, list(rec['paired']), bar) == rec['paired']
+    for name, o in rec['outlook'].items():
+        first = next(iter(o.values()))
+        again = count_outlook(rows, ours, list(o), {m: r['bar'] for m, r in o.items()}, bar, block=first['block'], draws=first['draws'], seed=0)
+        assert again == o, (key, name)
+
+
+def test_readme_carries_the_outlook_table():
+    "The README's outlook tables are outlook_table of the benchmark record's test pairs (both block sizes)."
+    from sfofusion.benchmark import outlook_table
+    outlook = json.loads((ROOT/'figures'/'benchmark_results.json').read_text())['datasets']['msrs60']['outlook']
+    readme = (ROOT/'README.md').read_text()
+    for b in ('block 1', 'block 4'):
+        assert outlook_table(outlook[b]) in readme, f"README's outlook table ({b}) differs from figures/benchmark_results.json: paste the new one"
+
+
 def test_ablations_of_a_fine_tune(q, monkeypatch):
     "--ablate on a fine-tune retrains both stages: its stage 1 with one part switched off, then its stage 2 recipe."
     ab = q.ablations('cap_w12_c48_mi02')   # starts from cap_w12_c48's own stage 1 (width 12, context 48)
