@@ -27,8 +27,8 @@ from .train import read_names
 # %% auto #0
 __all__ = ['PUBLISHED', 'SET_ROOTS', 'evenly', 'BenchSet', 'benchmark_set', 'method_dir', 'fuse_set', 'ScoreCache', 'mean_scores',
            'per_image_csv', 'reference_deviation', 'published_costs', 'cpu_times', 'method_costs', 'means_table',
-           'cost_table', 'paired_comparison', 'comparison_counts', 'comparison_table', 'count_outlook', 'outlook_table',
-           'warm_window', 'qualitative_figure']
+           'cost_table', 'paired_comparison', 'comparison_counts', 'comparison_table', 'fresh_sets', 'count_outlook',
+           'outlook_table', 'warm_window', 'qualitative_figure']
 
 # %% ../nbs/14a_benchmark.ipynb #0758fa2d
 PUBLISHED = {'ReFusion': 'refusion', 'SeAFusion': 'seafusion', 'SFDFusion': 'sfdfusion'}  # name -> reference/fused/<dir>
@@ -223,57 +223,79 @@ def comparison_table(comp: dict) -> str:
                           for o, c in comp.items())
 
 # %% ../nbs/14a_benchmark.ipynb #61c06829
-def _block_draws(n: int, m: int, block: int, draws: int, gen: torch.Generator) -> Tensor:
-    "(draws, m) indices into range(n): circular blocks of `block` consecutive indices from uniform starts, cut to m."
-    starts = torch.randint(0, n, (draws, -(-m // block)), generator=gen)
-    return ((starts[..., None] + torch.arange(block)) % n).flatten(1)[:, :m]
+def fresh_sets(n: int,      # observed pairs
+               m: int,      # pairs in each fresh set
+               block: int,  # consecutive pairs per block (1: the ordinary bootstrap)
+               draws: int,  # fresh sets to draw
+               seed: int=0,
+              ) -> Tensor:  # (draws, m) int64 indices into range(n)
+    "Two-stage block bootstrap: each row is a fresh set of m pairs, drawn in whole blocks from a resample of the n observed."
+    gen = torch.Generator().manual_seed(seed)
+    nb1, nb2 = -(-n // block), -(-m // block)                  # blocks in a resample, in a fresh set
+    starts = torch.randint(0, n, (draws, nb1), generator=gen)  # (draws, nb1) stage 1: a plausible population, as block starts
+    pick = torch.randint(0, nb1, (draws, nb2), generator=gen)  # (draws, nb2) stage 2: which of its blocks the fresh set takes
+    run = starts.gather(1, pick)[..., None] + torch.arange(block)  # (draws, nb2, block); past the last name, wrap to the first
+    return (run % n).flatten(1)[:, :m]
+
+_LEAST = dict(new_pairs=0, block=1, draws=1, seed=0)   # the smallest value each integer argument of count_outlook takes
 
 def count_outlook(per_image: dict,       # method -> image -> metric -> value; every method scored on the same images
                   ours: str,             # the method compared, a key of per_image
                   others: list,          # the methods it is compared with
-                  bars: dict|None=None,  # other -> the count it must reach (e.g. {'ReFusion': 7}); others without one get no p_bar
-                  metrics: tuple=METRICS,
+                  bars: dict|None=None,  # other -> the count it must reach (e.g. {'ReFusion': 7}); without one, p_bar is None
+                  metrics: tuple=METRICS,  # the metrics counted
                   new_pairs: int=0,      # size of the imagined fresh set (0: as many as observed)
                   block: int=1,          # pairs drawn in circular blocks of this many consecutive (sorted) names
                   draws: int=4000,       # bootstrap draws
-                  seed: int=0,
-                 ) -> dict:              # other -> dict(count, bar, p_bar, p_count, p_metric)
+                  seed: int=0,           # seed of the draws: the same seed gives the same numbers
+                 ) -> dict:              # other -> dict(count, bar, p_bar, p_count, p_metric, n, new_pairs, block, draws, seed)
     "Predictive bootstrap of the bar's count on a fresh set of pairs: P(count >= bar), P(count = k), P(each lead holds)."
     bars = dict(bars or {})
     comp = paired_comparison(per_image, ours, others, metrics)      # checks the methods, images and metrics
-    names = sorted(per_image[ours]); n = len(names)
-    for k, v in (('new_pairs', new_pairs), ('block', block), ('draws', draws)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == 'new_pairs' else 1):
-            raise FusionInputError(f"{k}: expected an integer >= {0 if k == 'new_pairs' else 1}, got {v!r}")
+    if ours in others: raise FusionInputError(f"others: expected methods other than ours ({ours!r}), got it among {list(others)}")
+    args = dict(new_pairs=new_pairs, block=block, draws=draws, seed=seed)
+    for k, v in args.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < _LEAST[k]:
+            raise FusionInputError(f"{k}: expected an integer >= {_LEAST[k]}, got {v!r}")
+    names = sorted(per_image[ours])
+    n = len(names)
     if block > n: raise FusionInputError(f"block: expected at most the {n} observed pairs, got {block}")
     unknown = sorted(set(bars) - set(others))
     if unknown: raise FusionInputError(f"bars: expected keys among the others {list(others)}, got {unknown}")
     bad = {o: b for o, b in bars.items() if not isinstance(b, int) or isinstance(b, bool) or not 0 <= b <= len(metrics)}
     if bad: raise FusionInputError(f"bars: expected counts from 0 to {len(metrics)}, got {bad}")
-    m, gen = new_pairs or n, torch.Generator().manual_seed(seed)
-    population = _block_draws(n, n, block, draws, gen)               # stage 1: a plausible population
-    fresh = population.gather(1, _block_draws(n, m, block, draws, gen))  # stage 2: a fresh set drawn from it
+    m = new_pairs or n
+    fresh = fresh_sets(n, m, block, draws, seed)                    # (draws, m)
+    chunk = max(1, 2**22 // (m * len(metrics)))                     # draws per step: at most 4M differences in memory
     res = {}
     for o in others:
-        d = torch.tensor([[per_image[ours][x][k] - per_image[o][x][k] for k in metrics] for x in names], dtype=torch.float64)
-        lead = d[fresh].mean(1) >= 0                                 # (draws, metrics): the bar's reading, per draw
-        count = lead.sum(1)
-        p_count = [float((count == c).double().mean()) for c in range(len(metrics) + 1)]
+        d = torch.tensor([[per_image[ours][x][k] - per_image[o][x][k] for k in metrics] for x in names],
+                         dtype=torch.float64)                       # (n, metrics): ours - other, per pair
+        lead = torch.cat([d[fresh[i:i + chunk]].mean(1) >= 0        # (draws, metrics): the bar's reading, per fresh set
+                          for i in range(0, draws, chunk)])
+        count = lead.sum(1)                                         # (draws,)
         bar = bars.get(o)
         res[o] = dict(count=sum(comp[o][k]['mean'] >= 0 for k in metrics), bar=bar,
-                      p_bar=None if bar is None else float((count >= bar).double().mean()), p_count=p_count,
+                      p_bar=None if bar is None else float((count >= bar).double().mean()),
+                      p_count=[float((count == c).double().mean()) for c in range(len(metrics) + 1)],
                       p_metric={k: float(v) for k, v in zip(metrics, lead.double().mean(0))},
-                      n=n, new_pairs=m, block=block, draws=draws)
+                      n=n, new_pairs=m, block=block, draws=draws, seed=seed)
     return res
+
+def _pct(v: float|None) -> str:
+    "A probability as a whole percentage that never rounds to a certainty it is not: '<1%', '>99%'."
+    if v is None: return '–'
+    return '<1%' if 0 < v < 0.01 else '>99%' if 0.99 < v < 1 else f"{100 * v:.0f}%"
 
 def outlook_table(outlook: dict) -> str:
     "Markdown: per other method, the observed count, the bar, P(fresh count >= bar) and P(each lead holds)."
     if not outlook: raise FusionInputError("outlook: expected the result of count_outlook for at least one method, got none")
+    bad = [o for o, r in outlook.items() if not isinstance(r, dict) or not {'count', 'bar', 'p_bar', 'p_metric'} <= set(r)]
+    if bad: raise FusionInputError(f"outlook: expected count_outlook's entries (count, bar, p_bar, p_metric), got others for {bad}")
     metrics = list(next(iter(outlook.values()))['p_metric'])
-    pct = lambda v: '–' if v is None else f"{100 * v:.0f}%"
     head = f"| ours against | count | bar | P(count ≥ bar) | {' | '.join(metrics)} |\n|---|---|---|---|{'---|' * len(metrics)}\n"
-    return head + ''.join(f"| {o} | {r['count']} | {'–' if r['bar'] is None else r['bar']} | {pct(r['p_bar'])} | "
-                          f"{' | '.join(pct(r['p_metric'][k]) for k in metrics)} |\n" for o, r in outlook.items())
+    return head + ''.join(f"| {o} | {r['count']} | {'–' if r['bar'] is None else r['bar']} | {_pct(r['p_bar'])} | "
+                          f"{' | '.join(_pct(r['p_metric'][k]) for k in metrics)} |\n" for o, r in outlook.items())
 
 
 # %% ../nbs/14a_benchmark.ipynb #ae71745f
