@@ -26,9 +26,9 @@ from .train import read_names
 
 # %% auto #0
 __all__ = ['PUBLISHED', 'SET_ROOTS', 'evenly', 'BenchSet', 'benchmark_set', 'method_dir', 'fuse_set', 'ScoreCache', 'mean_scores',
-           'per_image_csv', 'reference_deviation', 'published_costs', 'cpu_times', 'method_costs', 'means_table',
-           'cost_table', 'paired_comparison', 'comparison_counts', 'comparison_table', 'fresh_sets', 'count_outlook',
-           'outlook_table', 'warm_window', 'qualitative_figure']
+           'per_image_csv', 'read_per_image_csv', 'reference_deviation', 'published_costs', 'cpu_times', 'method_costs',
+           'means_table', 'cost_table', 'paired_comparison', 'comparison_counts', 'comparison_table', 'fresh_sets',
+           'count_outlook', 'outlook_table', 'warm_window', 'qualitative_figure']
 
 # %% ../nbs/14a_benchmark.ipynb #0758fa2d
 PUBLISHED = {'ReFusion': 'refusion', 'SeAFusion': 'seafusion', 'SFDFusion': 'sfdfusion'}  # name -> reference/fused/<dir>
@@ -125,6 +125,13 @@ def per_image_csv(rows: dict) -> str:
     "CSV text: one line per image, one column per metric (values as Python reprs: exact)."
     return '\n'.join(['image,' + ','.join(METRICS)] + [f"{n}," + ','.join(repr(v[k]) for k in METRICS) for n, v in rows.items()]) + '\n'
 
+def read_per_image_csv(path: Path|str) -> dict:
+    "image -> metric -> value, from a file written with `per_image_csv`."
+    lines = Path(path).read_text().splitlines()
+    head = lines[0].split(',') if lines else []
+    if head[:1] != ['image']: raise FusionInputError(f"path: expected a per_image_csv file (first line 'image,...'), got {str(path)!r} starting {(lines or [''])[0][:40]!r}")
+    return {n: dict(zip(head[1:], map(float, vals))) for n, *vals in (l.split(',') for l in lines[1:])}
+
 def reference_deviation(ours: dict,           # method -> image -> metric -> value, scored here
                         reference: Path|str,  # the folder of the evaluator's per-image JSON files (reference/metrics)
                        ) -> dict:             # published method -> largest relative deviation
@@ -188,6 +195,7 @@ def paired_comparison(per_image: dict,  # method -> image -> metric -> value; ev
     "Per-pair differences ours − other: their mean, 95% t-interval (lo, hi), and the share of pairs where ours >= other."
     if ours not in per_image: raise FusionInputError(f"ours: expected one of {sorted(per_image)}, got {ours!r}")
     if isinstance(others, str): raise FusionInputError(f"others: expected a list of method names, got the string {others!r}")
+    if ours in others: raise FusionInputError(f"others: expected methods other than ours ({ours!r}), got it among {list(others)}")
     names = sorted(per_image[ours])
     if not names: raise FusionInputError(f"per_image[{ours!r}]: expected at least one image, got none")  # one: NaN bounds
     missing = [k for k in metrics if k not in per_image[ours][names[0]]]
@@ -230,14 +238,15 @@ def fresh_sets(n: int,      # observed pairs
                seed: int=0,
               ) -> Tensor:  # (draws, m) int64 indices into range(n)
     "Two-stage block bootstrap: each row is a fresh set of m pairs, drawn in whole blocks from a resample of the n observed."
+    for k, v, least in (('n', n, 1), ('m', m, 1), ('block', block, 1), ('draws', draws, 1), ('seed', seed, 0)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < least: raise FusionInputError(f"{k}: expected an integer >= {least}, got {v!r}")
+    if block > n: raise FusionInputError(f"block: expected at most the {n} observed pairs, got {block}")
     gen = torch.Generator().manual_seed(seed)
     nb1, nb2 = -(-n // block), -(-m // block)                  # blocks in a resample, in a fresh set
     starts = torch.randint(0, n, (draws, nb1), generator=gen)  # (draws, nb1) stage 1: a plausible population, as block starts
     pick = torch.randint(0, nb1, (draws, nb2), generator=gen)  # (draws, nb2) stage 2: which of its blocks the fresh set takes
     run = starts.gather(1, pick)[..., None] + torch.arange(block)  # (draws, nb2, block); past the last name, wrap to the first
     return (run % n).flatten(1)[:, :m]
-
-_LEAST = dict(new_pairs=0, block=1, draws=1, seed=0)   # the smallest value each integer argument of count_outlook takes
 
 def count_outlook(per_image: dict,       # method -> image -> metric -> value; every method scored on the same images
                   ours: str,             # the method compared, a key of per_image
@@ -252,20 +261,16 @@ def count_outlook(per_image: dict,       # method -> image -> metric -> value; e
     "Predictive bootstrap of the bar's count on a fresh set of pairs: P(count >= bar), P(count = k), P(each lead holds)."
     bars = dict(bars or {})
     comp = paired_comparison(per_image, ours, others, metrics)      # checks the methods, images and metrics
-    if ours in others: raise FusionInputError(f"others: expected methods other than ours ({ours!r}), got it among {list(others)}")
-    args = dict(new_pairs=new_pairs, block=block, draws=draws, seed=seed)
-    for k, v in args.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < _LEAST[k]:
-            raise FusionInputError(f"{k}: expected an integer >= {_LEAST[k]}, got {v!r}")
+    if not isinstance(new_pairs, int) or isinstance(new_pairs, bool) or new_pairs < 0:
+        raise FusionInputError(f"new_pairs: expected an integer >= 0, got {new_pairs!r}")
     names = sorted(per_image[ours])
     n = len(names)
-    if block > n: raise FusionInputError(f"block: expected at most the {n} observed pairs, got {block}")
     unknown = sorted(set(bars) - set(others))
     if unknown: raise FusionInputError(f"bars: expected keys among the others {list(others)}, got {unknown}")
     bad = {o: b for o, b in bars.items() if not isinstance(b, int) or isinstance(b, bool) or not 0 <= b <= len(metrics)}
     if bad: raise FusionInputError(f"bars: expected counts from 0 to {len(metrics)}, got {bad}")
     m = new_pairs or n
-    fresh = fresh_sets(n, m, block, draws, seed)                    # (draws, m)
+    fresh = fresh_sets(n, m, block, draws, seed)                    # (draws, m); checks block, draws and seed
     chunk = max(1, 2**22 // (m * len(metrics)))                     # draws per step: at most 4M differences in memory
     res = {}
     for o in others:

@@ -296,7 +296,7 @@ def test_shipped_models_and_cards():
 
 @pytest.mark.parametrize('name', M.shipped_models())
 def test_shipped_models_flat_in_flat_out(name):
-    "No fixed pixels: flat pairs fuse to flat images, equal ones to their own value (at 640x480 and tiny sizes)."
+    "No fixed pixels: flat pairs fuse to flat images, equal ones to their own value (640x480, tiny sizes, and in tiles)."
     net = SFOFusion.from_pretrained(name).eval()
     for h, w in [(480, 640), (7, 5), (1, 1)]:
         for a, b in [(128, 128), (0, 0), (255, 255), (200, 60), (40, 90)]:
@@ -304,6 +304,12 @@ def test_shipped_models_flat_in_flat_out(name):
             assert float(y.max() - y.min()) < 0.5, (name, h, w, a, b)
             assert min(a, b) - 4 <= float(y.mean()) <= max(a, b) + 4, (name, h, w, a, b, float(y.mean()))
             if a == b: assert float((y - a).abs().max()) < 0.5, (name, h, w, a, float(y.mean()))
+    from sfofusion.fuse import fuse_tiled                  # large images are fused in tiles: flat there too
+    for h, w in [(150, 230), (17, 400)]:
+        for a, b in [(128, 128), (200, 60)]:
+            y = fuse_tiled(net, torch.full((1, 1, h, w), a / 255), torch.full((1, 1, h, w), b / 255), tile=64, overlap=16) * 255
+            assert float(y.max() - y.min()) < 0.5 and min(a, b) - 4 <= float(y.mean()) <= max(a, b) + 4, (name, 'tiled', h, w, a, b)
+            if a == b: assert float((y - a).abs().max()) < 0.5, (name, 'tiled', h, w, a)
 
 
 def test_freq_detail_option():

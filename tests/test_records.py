@@ -190,26 +190,17 @@ def test_readme_carries_the_paired_table():
 BENCH = ROOT/'bench'/'results'/'benchmark'
 
 
-def _per_image(key):
-    "method -> image -> metric -> value, read back from the committed per-image CSVs of one benchmark set."
-    import csv
-    rows = {}
-    for f in sorted((BENCH/'per_image'/key).glob('*.csv')):
-        with open(f, newline='') as fh: rows[f.stem] = {r.pop('image'): {k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)}
-    return rows
-
-
 @pytest.mark.parametrize('key', ['msrs60', 'msrs_val50', 'tno', 'llvip'])
 def test_benchmark_record_recomputed_from_per_image_scores(key):
     "The record's means, paired intervals and count outlook are what the committed per-image scores give."
-    from sfofusion.benchmark import count_outlook, mean_scores, paired_comparison
+    from sfofusion.benchmark import count_outlook, mean_scores, paired_comparison, read_per_image_csv
+    from sfofusion.train import VAL_METRICS as bar     # the nine metrics of the project's bar
     rec = json.loads((ROOT/'figures'/'benchmark_results.json').read_text())['datasets'][key]
-    rows = _per_image(key)
+    rows = {f.stem: read_per_image_csv(f) for f in sorted((BENCH/'per_image'/key).glob('*.csv'))}
     ours = 'SFOFusion (ours)'
-    rows[ours] = rows.pop('SFOFusion')
+    rows[ours] = rows.pop('SFOFusion')                  # files are named by the method's first word (method_dir)
     assert all(len(r) == rec['pairs'] for r in rows.values())
     assert {m: mean_scores(r) for m, r in rows.items()} == {m: rec['means'][m] for m in rows}
-    bar = ('EN', 'SD', 'SF', 'AG', 'MI', 'SCD', 'VIF', 'Qabf', 'SSIM')
     assert paired_comparison(rows, ours, list(rec['paired']), bar) == rec['paired']
     for name, o in rec['outlook'].items():
         first = next(iter(o.values()))
@@ -225,6 +216,16 @@ def test_readme_carries_the_outlook_table():
     readme = (ROOT/'README.md').read_text()
     for b in ('block 1', 'block 4'):
         assert outlook_table(outlook[b]) in readme, f"README's outlook table ({b}) differs from figures/benchmark_results.json: paste the new one"
+
+
+def test_readme_carries_the_llvip_table():
+    "The README's LLVIP rows are the benchmark record's means, at the printed precision."
+    means = json.loads((ROOT/'figures'/'benchmark_results.json').read_text())['datasets']['llvip']['means']
+    readme = (ROOT/'README.md').read_text()
+    num = lambda v: f"{v:.2f}" if v >= 10 else f"{v:.3f}"
+    for m, v in means.items():
+        row = f"| {m} | " + ' | '.join(num(v[k]) for k in ('EN', 'SD', 'SF', 'AG', 'MI', 'SCD', 'VIF', 'Qabf', 'SSIM')) + ' |'
+        assert row in readme, f"README's LLVIP row differs from figures/benchmark_results.json: {row}"
 
 
 def test_ablations_of_a_fine_tune(q, monkeypatch):
