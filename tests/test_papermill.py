@@ -19,7 +19,6 @@ def test_train_notebook_runs_with_injected_parameters(tmp_path):
     assert (out_dir/'final'/'model.safetensors').is_file()
 
 
-@pytest.mark.slow
 def _readme_benchmark_command() -> tuple[dict, dict]:
     "The README's 22_benchmark command: its -y YAML and its -p parameters, as papermill would read them."
     import re, shlex, yaml
@@ -32,12 +31,20 @@ def _readme_benchmark_command() -> tuple[dict, dict]:
     return y, p
 
 
+def test_readme_benchmark_command_names_notebook_parameters():
+    "Every parameter the README's benchmark command passes is one the notebook has, and every dataset a known key."
+    from sfofusion.benchmark import SET_ROOTS
+    y, p = _readme_benchmark_command()
+    names = set(papermill.inspect_notebook(str(ROOT/'nbs'/'22_benchmark.ipynb')))
+    assert set(y) | set(p) <= names, f"README passes parameters the notebook lacks: {sorted(set(y) | set(p) - names)}"
+    assert set(y['datasets']) <= set(SET_ROOTS), y['datasets']
+
+
+@pytest.mark.slow
 def test_benchmark_notebook_runs_the_readme_command(tmp_path, shared_path):
     "The README's benchmark command as written, shrunk to one pair per dataset, one timing run and a temporary output."
     shared_path('data/MSRS/test'); shared_path('data/LLVIP')
     y, p = _readme_benchmark_command()
-    names = set(papermill.inspect_notebook(str(ROOT/'nbs'/'22_benchmark.ipynb')))
-    assert set(y) | set(p) <= names, f"README passes parameters the notebook lacks: {sorted(set(y) | set(p) - names)}"
     out_nb, out_dir = tmp_path/'bench.ipynb', tmp_path/'bench'
     params = {**p, **y, 'max_pairs': 1, 'timing_runs': 1, 'out_dir': str(out_dir), 'results_json': '', 'save_figures': False}
     papermill.execute_notebook(str(ROOT/'nbs'/'22_benchmark.ipynb'), str(out_nb), cwd=str(ROOT/'nbs'), progress_bar=False,
